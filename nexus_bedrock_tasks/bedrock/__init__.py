@@ -1,0 +1,1 @@
+"""Bedrock Agent Runtime: client factory, pure stream reader, returnControl model."""

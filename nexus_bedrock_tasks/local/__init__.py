@@ -1,0 +1,1 @@
+"""Embedded local defaults: Bedrock Agent Runtime emulator and Nexus-compatible server."""

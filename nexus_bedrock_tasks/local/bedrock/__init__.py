@@ -1,0 +1,1 @@
+"""Local Bedrock Agent Runtime emulator, wire-compatible with stock boto3."""

@@ -1,0 +1,1 @@
+"""Local Nexus-compatible REST server with a small web UI."""

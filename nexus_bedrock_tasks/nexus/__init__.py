@@ -1,0 +1,1 @@
+"""Nexus export: records, span builder, httpx client, durable outbox, background exporter."""

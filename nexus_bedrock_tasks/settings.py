@@ -1,0 +1,78 @@
+"""Every knob of the project in one place, read from the environment.
+
+Nexus settings use the ``NEXUS_`` prefix (``NEXUS_API_KEY``, ``NEXUS_BASE_URL``,
+``NEXUS_AGENT_ID``); everything else uses ``NEXUS_BEDROCK_``. AWS settings are the
+standard ones (``AWS_REGION``, ``AWS_PROFILE``, ``AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME``)
+and are read by botocore itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_NEXUS_BASE_URL = "https://nexus.keylightdigital.dev"
+DEFAULT_NEXUS_AGENT_NAME = "bedrock-agent"
+
+
+def user_data_dir() -> Path:
+    """Where the project keeps its outbox, logs and pid files (XDG data dir)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "nexus-bedrock"
+
+
+class NexusSettings(BaseSettings):
+    """How to reach Nexus and what to send it."""
+
+    model_config = SettingsConfigDict(env_prefix="NEXUS_", extra="ignore")
+
+    api_key: SecretStr | None = Field(default=None, description="Bearer key, `nxs_...`.")
+    base_url: str = Field(default=DEFAULT_NEXUS_BASE_URL, description="Nexus service root.")
+    agent_id: str = Field(
+        default=DEFAULT_NEXUS_AGENT_NAME,
+        description="Nexus agent *name* every trace is filed under.",
+    )
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 10.0
+    max_retries: int = Field(default=5, ge=0, description="Retries of transient errors.")
+    max_payload_chars: int = Field(
+        default=16_000, ge=256, description="Span input/output/error are truncated to this."
+    )
+    redact_patterns: list[str] = Field(
+        default_factory=list, description="Extra regexes whose matches are replaced by [REDACTED]."
+    )
+    otlp_endpoint: str | None = Field(
+        default=None, description="Optional OTLP/HTTP JSON endpoint (`.../v1/traces`)."
+    )
+
+
+class BedrockTasksSettings(BaseSettings):
+    """Settings of the flows and tasks themselves."""
+
+    model_config = SettingsConfigDict(env_prefix="NEXUS_BEDROCK_", extra="ignore")
+
+    outbox: Path = Field(
+        default_factory=lambda: user_data_dir() / "outbox.sqlite3",
+        description="SQLite spool of traces/spans not yet acknowledged by Nexus.",
+    )
+    flush_timeout_s: float = Field(default=10.0, ge=0)
+    export: bool = Field(default=True, description="Mirror invocations into Nexus.")
+    max_return_control_rounds: int = Field(default=10, ge=0)
+    aws_max_attempts: int = Field(default=5, ge=1, description="tenacity attempts before stream.")
+    aws_read_timeout_s: float = Field(default=120.0, gt=0)
+    # USD per 1k tokens: {"model id prefix": [input, output]}.
+    model_prices: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {
+            "anthropic.claude-3-haiku": (0.00025, 0.00125),
+            "anthropic.claude-3-5-haiku": (0.0008, 0.004),
+            "anthropic.claude-3-sonnet": (0.003, 0.015),
+            "anthropic.claude-3-5-sonnet": (0.003, 0.015),
+            "anthropic.claude-3-opus": (0.015, 0.075),
+            "amazon.nova-micro": (0.000035, 0.00014),
+            "amazon.nova-lite": (0.00006, 0.00024),
+            "amazon.nova-pro": (0.0008, 0.0032),
+        }
+    )

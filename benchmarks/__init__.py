@@ -1,0 +1,1 @@
+"""`make bench`: figures measured against baselines in the same run."""

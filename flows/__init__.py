@@ -1,0 +1,1 @@
+"""Prefect flows: invocation, session, batch evaluation (thin: they compose tasks)."""

@@ -4,4 +4,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from nexus_bedrock_tasks.tools import tool  # noqa: E402
+
+__all__ = ["__version__", "tool"]

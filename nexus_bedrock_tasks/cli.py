@@ -9,8 +9,10 @@ from __future__ import annotations
 import typer
 
 from nexus_bedrock_tasks.cli_inspect import register as register_inspect
+from nexus_bedrock_tasks.cli_invoke import register as register_invoke
 from nexus_bedrock_tasks.local.bedrock.commands import register as register_local_bedrock
 from nexus_bedrock_tasks.local.nexus.commands import register as register_local_nexus
+from nexus_bedrock_tasks.local.stack_commands import register as register_local_stack
 from nexus_bedrock_tasks.nexus.commands import register as register_outbox
 
 app = typer.Typer(
@@ -35,9 +37,11 @@ outbox_app = typer.Typer(
 app.add_typer(local_app, name="local")
 app.add_typer(outbox_app, name="outbox")
 
+register_invoke(app)
 register_inspect(app)
 register_local_bedrock(local_app)
 register_local_nexus(local_app)
+register_local_stack(local_app)
 register_outbox(outbox_app)
 
 

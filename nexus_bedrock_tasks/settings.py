@@ -58,11 +58,26 @@ class BedrockTasksSettings(BaseSettings):
         default_factory=lambda: user_data_dir() / "outbox.sqlite3",
         description="SQLite spool of traces/spans not yet acknowledged by Nexus.",
     )
+    tool_ledger: Path = Field(
+        default_factory=lambda: user_data_dir() / "tool-ledger.sqlite3",
+        description="Results of tools already run, for exactly-once execution.",
+    )
     flush_timeout_s: float = Field(default=10.0, ge=0)
     export: bool = Field(default=True, description="Mirror invocations into Nexus.")
     max_return_control_rounds: int = Field(default=10, ge=0)
     aws_max_attempts: int = Field(default=5, ge=1, description="tenacity attempts before stream.")
+    aws_backoff_max_s: float = Field(default=20.0, gt=0, description="Longest retry wait.")
+    aws_connect_timeout_s: float = Field(default=10.0, gt=0)
     aws_read_timeout_s: float = Field(default=120.0, gt=0)
+    stream_retries: int = Field(
+        default=2, ge=0, description="Re-invocations after a transient in-stream error."
+    )
+    confirmation_timeout_s: int = Field(
+        default=3600, ge=1, description="How long a USER_CONFIRMATION call waits for a person."
+    )
+    trace_id_wait_s: float = Field(
+        default=2.0, ge=0, description="How long finalize waits to learn the Nexus trace id."
+    )
     # USD per 1k tokens: {"model id prefix": [input, output]}.
     model_prices: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: {

@@ -20,8 +20,6 @@ from nexus_bedrock_tasks.bedrock.model import (
 )
 from nexus_bedrock_tasks.pricing import PriceTable, cost_usd
 
-RETURN_CONTROL_EXECUTION = "RETURN_CONTROL"
-
 
 @dataclass(frozen=True, slots=True)
 class InvocationSummary:
@@ -88,10 +86,7 @@ def summarize(
         total_tokens=input_tokens + output_tokens,
         llm_calls=len(calls),
         kb_lookups=sum(isinstance(step, KnowledgeBaseLookup) for step in steps),
-        action_calls=sum(
-            isinstance(step, ActionGroupCall) and step.execution_type != RETURN_CONTROL_EXECUTION
-            for step in steps
-        ),
+        action_calls=sum(isinstance(step, ActionGroupCall) and step.is_lambda for step in steps),
         code_interpreter_calls=sum(isinstance(step, CodeInterpreterCall) for step in steps),
         collaborator_calls=sum(isinstance(step, CollaboratorCall) for step in steps),
         guardrail_interventions=sum(

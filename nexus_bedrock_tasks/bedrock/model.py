@@ -105,8 +105,18 @@ class ActionGroupCall:
     execution_type: str | None
     result: str | None
     completed: bool
+    input_seen: bool = True
     timing: Timing = Timing()
     kind: Literal["action"] = "action"
+
+    @property
+    def is_lambda(self) -> bool:
+        """A call the agent's Lambda ran, as opposed to a returnControl result echoed back.
+
+        An `actionGroupInvocationOutput` without an input in the same stream is the result
+        the caller supplied when it resumed the session after a returnControl.
+        """
+        return self.input_seen and self.execution_type != "RETURN_CONTROL"
 
     @property
     def operation(self) -> str:

@@ -284,6 +284,7 @@ class ActionBuilder(Builder):
             execution_type=self.payload.get("executionType"),
             result=self.out("text"),
             completed=self.completed,
+            input_seen=bool(self.payload),
             timing=self.timing,
         )
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, EventStreamError
+from urllib3.exceptions import HTTPError as TransportError
 
 from nexus_bedrock_tasks import semconv
 from nexus_bedrock_tasks.bedrock import parts
@@ -65,6 +66,7 @@ STREAM_ERRORS: tuple[type[BaseException], ...] = (
     EventStreamError,
     BotoCoreError,
     StreamDecodeError,
+    TransportError,
     OSError,
 )
 

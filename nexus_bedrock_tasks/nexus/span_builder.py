@@ -23,7 +23,7 @@ from nexus_bedrock_tasks.bedrock.model import (
     Timing,
 )
 from nexus_bedrock_tasks.nexus.records import SpanRecord
-from nexus_bedrock_tasks.summary import RETURN_CONTROL_EXECUTION, InvocationSummary
+from nexus_bedrock_tasks.summary import InvocationSummary
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +102,7 @@ def _span_for(step: Step, parent: str | None, fallback: datetime) -> SpanRecord 
             **base,
         )
     if isinstance(step, ActionGroupCall):
-        if step.execution_type == RETURN_CONTROL_EXECUTION:
+        if not step.is_lambda:
             return None  # shown by the return_control span and its tool spans
         return SpanRecord(
             name=f"{semconv.ACTION_SPAN_PREFIX}{step.action_group}.{step.operation}",

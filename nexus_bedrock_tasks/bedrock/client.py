@@ -1,0 +1,165 @@
+"""boto3 `bedrock-agent-runtime` client factory and the one retry layer for AWS calls.
+
+botocore's own retries are switched off (`total_max_attempts=1`) so that tenacity alone
+retries transient errors before the stream starts; the two would otherwise multiply.
+The endpoint comes from the standard AWS settings, `AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME`
+included, which botocore reads itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    nap,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from nexus_bedrock_tasks import __version__
+from nexus_bedrock_tasks.exceptions import ConfigError
+from nexus_bedrock_tasks.settings import BedrockTasksSettings
+
+logger = logging.getLogger(__name__)
+SERVICE = "bedrock-agent-runtime"
+TRANSIENT_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "ServiceQuotaExceededException",
+        "DependencyFailedException",
+        "InternalServerException",
+        "BadGatewayException",
+        "ModelNotReadyException",
+        "ServiceUnavailableException",
+    }
+)
+
+
+def make_client(
+    *,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    credentials_block: str | None = None,
+    settings: BedrockTasksSettings | None = None,
+) -> Any:
+    """A `bedrock-agent-runtime` client with botocore retries off and explicit timeouts.
+
+    Args:
+        region: AWS region; default from the standard AWS settings.
+        endpoint_url: overrides `AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME`.
+        credentials_block: name of a saved prefect-aws `AwsCredentials` block.
+        settings: timeouts.
+
+    Example:
+        >>> client = make_client(region="us-east-1")
+    """
+    import boto3
+    from botocore.config import Config
+
+    settings = settings or BedrockTasksSettings()
+    config = Config(
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        connect_timeout=settings.aws_connect_timeout_s,
+        read_timeout=settings.aws_read_timeout_s,
+        user_agent_extra=f"nexus-bedrock-tasks/{__version__}",
+    )
+    if credentials_block:
+        from prefect_aws import AwsCredentials
+
+        block = AwsCredentials.load(credentials_block)
+        block_session: Any = block.get_boto3_session()
+        return block_session.client(
+            SERVICE,
+            region_name=region or block.region_name,
+            endpoint_url=endpoint_url,
+            config=config,
+        )
+    session: Any = boto3.session.Session()
+    region = region or session.region_name or "us-east-1"
+    return session.client(SERVICE, region_name=region, endpoint_url=endpoint_url, config=config)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Throttling, 5xx and connection problems before the stream: worth another attempt."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return error.get("Code") in TRANSIENT_CODES or int(status or 0) >= 500
+    return isinstance(
+        exc,
+        EndpointConnectionError | ConnectionClosedError | ReadTimeoutError | ConnectTimeoutError,
+    )
+
+
+def describe_aws_error(exc: BaseException) -> str:
+    """One line for a person: code and message of a botocore error."""
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    if isinstance(exc, NoCredentialsError):
+        return (
+            "no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+            "(or run `make demo` for the offline emulator)"
+        )
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'ClientError')}: {error.get('Message', exc)}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def call_with_retry(
+    call: Callable[[], Any],
+    settings: BedrockTasksSettings,
+    *,
+    sleep: Callable[[float], None] | None = None,
+) -> tuple[Any, int]:
+    """Run `call`, retrying transient AWS errors with jittered exponential backoff.
+
+    Returns:
+        The call's result and how many attempts were retries (0 when the first worked).
+
+    Raises:
+        ConfigError: AWS credentials are missing.
+        botocore.exceptions.ClientError: a non-transient error, or the last transient one.
+    """
+    from botocore.exceptions import NoCredentialsError
+
+    attempts = 0
+
+    def note(state: RetryCallState) -> None:
+        if state.outcome is not None and state.outcome.failed:
+            logger.warning(
+                "transient AWS error, retrying (attempt %d/%d): %s",
+                state.attempt_number,
+                settings.aws_max_attempts,
+                describe_aws_error(state.outcome.exception() or RuntimeError("unknown")),
+            )
+
+    retrying = Retrying(
+        stop=stop_after_attempt(settings.aws_max_attempts),
+        wait=wait_random_exponential(multiplier=0.5, max=settings.aws_backoff_max_s),
+        retry=retry_if_exception(is_transient),
+        before_sleep=note,
+        reraise=True,
+        sleep=sleep or nap.sleep,
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                attempts = attempt.retry_state.attempt_number
+                result = call()
+    except NoCredentialsError as exc:
+        raise ConfigError(describe_aws_error(exc)) from exc
+    return result, attempts - 1

@@ -1,0 +1,315 @@
+"""One invocation, task by task: invoke → drain → (returnControl → tools → resume)… → finalize.
+
+Used by the invocation flow (one trace per flow run) and by batch evaluations (one trace
+per case task, see `tracing.current_trace`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from pydantic import BaseModel
+
+from nexus_bedrock_tasks import semconv
+from nexus_bedrock_tasks.bedrock.client import describe_aws_error, make_client
+from nexus_bedrock_tasks.bedrock.model import AgentTurn
+from nexus_bedrock_tasks.exceptions import AgentStreamError
+from nexus_bedrock_tasks.invocation import (
+    ToolOutcome,
+    invoke_request,
+    resume_session_state,
+    session_id_for,
+    validate_invocation,
+)
+from nexus_bedrock_tasks.nexus.records import SpanRecord, utcnow
+from nexus_bedrock_tasks.nexus.span_builder import return_control_output
+from nexus_bedrock_tasks.results import InvocationFailed, InvocationResult
+from nexus_bedrock_tasks.settings import BedrockTasksSettings
+from nexus_bedrock_tasks.summary import summarize
+from nexus_bedrock_tasks.tasks import (
+    PlannedCall,
+    drain_stream,
+    execute_tool,
+    finalize_trace,
+    invoke_agent,
+    resolve_return_control,
+)
+from nexus_bedrock_tasks.tools import load_tools
+from nexus_bedrock_tasks.tracing import get_tracer
+
+logger = logging.getLogger(__name__)
+# Transport failures mid-stream are as transient as the modelled ones.
+_TRANSIENT_STREAM_ERRORS = AgentStreamError.TRANSIENT_CODES | {
+    "ReadTimeoutError",
+    "ResponseStreamingError",
+    "ProtocolError",
+    "IncompleteRead",
+    "ConnectionClosedError",
+    "streamDecodeError",
+}
+
+
+class InvocationParams(BaseModel):
+    """Everything one invocation needs; the invocation flow's parameters."""
+
+    agent_id: str
+    agent_alias_id: str
+    prompt: str
+    session_id: str | None = None
+    session_attributes: dict[str, str] | None = None
+    prompt_session_attributes: dict[str, str] | None = None
+    max_return_control_rounds: int | None = None
+    max_total_tokens: int | None = None
+    max_cost_usd: float | None = None
+    enable_trace: bool = True
+    memory_id: str | None = None
+    end_session: bool = False
+    region: str | None = None
+    endpoint_url: str | None = None
+    aws_credentials_block: str | None = None
+    tools_module: str | None = None
+
+
+class Approval(RunInput):
+    """What a person answers to a USER_CONFIRMATION call."""
+
+    approve: bool
+    reason: str | None = None
+
+
+def _budget_reason(
+    turns: Sequence[AgentTurn],
+    settings: BedrockTasksSettings,
+    max_total_tokens: int | None,
+    max_cost_usd: float | None,
+) -> str | None:
+    spent = summarize(turns, prices=settings.model_prices)
+    if max_total_tokens is not None and spent.total_tokens > max_total_tokens:
+        return semconv.FINISH_TOKEN_BUDGET
+    if max_cost_usd is not None and spent.cost_usd is not None and spent.cost_usd > max_cost_usd:
+        return semconv.FINISH_COST_BUDGET
+    return None
+
+
+async def _confirm(plan: Sequence[PlannedCall], timeout_s: int) -> dict[int, bool | None]:
+    """Ask a person (Prefect pause with input) for each call that needs confirmation."""
+    answers: dict[int, bool | None] = {}
+    for planned in plan:
+        if not planned.call.confirmation_required:
+            answers[planned.index] = None
+            continue
+        logger.warning(
+            "waiting up to %ss for approval of %s.%s %s: resume this flow run with input "
+            "approve=true|false (Prefect UI or `prefect flow-run resume`)",
+            timeout_s,
+            planned.call.action_group,
+            planned.call.operation,
+            {p.name: p.value for p in planned.call.parameters},
+        )
+        try:
+            answer = await pause_flow_run(  # type: ignore[misc]
+                wait_for_input=Approval, timeout=timeout_s, key=f"confirm-{planned.key}"
+            )
+        except TimeoutError:
+            logger.warning("no approval within %ss: denying %s", timeout_s, planned.key)
+            answers[planned.index] = False
+            continue
+        answers[planned.index] = bool(answer.approve)
+    return answers
+
+
+def _end_session_quietly(client: Any, request: dict[str, Any]) -> None:
+    """Release a session left waiting on returnControl; failures are only logged."""
+    try:
+        minimal = {k: request[k] for k in ("agentId", "agentAliasId", "sessionId")}
+        response = client.invoke_agent(**minimal, endSession=True, inputText="end session")
+        for _ in response["completion"]:
+            pass
+    except Exception as exc:
+        logger.warning("could not end session %s: %s", request.get("sessionId"), exc)
+
+
+async def run_invocation(
+    p: InvocationParams, *, trace: str | None, session_seed: str
+) -> InvocationResult:
+    """Run one invocation as tasks, reporting to the trace `trace` (None: not traced).
+
+    Args:
+        p: what to invoke.
+        trace: the local trace key the tasks report to (`tracing.trace_key`).
+        session_seed: a UUID that derives the session id when `p.session_id` is None.
+
+    Raises:
+        ConfigError: bad input (checked before anything is sent).
+        InvocationFailed: the agent did not answer; `.result` holds what was learned.
+
+    Example:
+        >>> await run_invocation(InvocationParams(agent_id=..., ...), trace=key, session_seed=key)
+    """
+    started = utcnow()
+    settings = BedrockTasksSettings()
+    validate_invocation(
+        agent_id=p.agent_id,
+        agent_alias_id=p.agent_alias_id,
+        prompt=p.prompt,
+        session_id=p.session_id,
+    )
+    if p.tools_module:
+        load_tools(p.tools_module)
+    session = p.session_id or session_id_for(session_seed)
+    client = make_client(
+        region=p.region, endpoint_url=p.endpoint_url, credentials_block=p.aws_credentials_block
+    )
+    rounds_allowed = (
+        settings.max_return_control_rounds
+        if p.max_return_control_rounds is None
+        else p.max_return_control_rounds
+    )
+    turns: list[AgentTurn] = []
+    outcomes_all: list[ToolOutcome] = []
+    retries = 0
+    finish_override: str | None = None
+    error: str | None = None
+    state: dict[str, Any] = {}
+    if p.session_attributes:
+        state["sessionAttributes"] = p.session_attributes
+    if p.prompt_session_attributes:
+        state["promptSessionAttributes"] = p.prompt_session_attributes
+    request = invoke_request(
+        agent_id=p.agent_id,
+        agent_alias_id=p.agent_alias_id,
+        session_id=session,
+        input_text=p.prompt,
+        enable_trace=p.enable_trace,
+        session_state=state,
+        memory_id=p.memory_id,
+        end_session=p.end_session,
+    )
+    tracer = get_tracer()
+    try:
+        rounds = 0
+        while True:
+            for attempt in range(settings.stream_retries + 1):
+                response = await invoke_agent(client, request, settings)
+                retries += response.retries
+                drained = await drain_stream(response)
+                turns.append(drained.turn)
+                code = drained.turn.error_code
+                if code not in _TRANSIENT_STREAM_ERRORS or attempt == settings.stream_retries:
+                    break
+                retries += 1
+                logger.warning("transient stream error %s, re-invoking the turn", code)
+            current = drained.turn
+            if current.error:
+                error = current.error
+                break
+            finish_override = _budget_reason(turns, settings, p.max_total_tokens, p.max_cost_usd)
+            request_rc = current.return_control
+            if finish_override or request_rc is None:
+                if finish_override and request_rc is not None:
+                    await asyncio.to_thread(_end_session_quietly, client, request)
+                break
+            if rounds >= rounds_allowed:
+                finish_override = semconv.FINISH_RETURN_CONTROL_UNANSWERED
+                await asyncio.to_thread(_end_session_quietly, client, request)
+                break
+            rounds += 1
+            rc_started = utcnow()
+            plan = await resolve_return_control(request_rc, session)
+            answers = await _confirm(plan, settings.confirmation_timeout_s)
+            rc_span = SpanRecord(
+                name=semconv.RETURN_CONTROL_SPAN,
+                started_at=rc_started,
+                ended_at=None,
+                parent_local_id=drained.span_id,
+            )
+            outcomes = list(
+                await asyncio.gather(
+                    *(
+                        execute_tool(
+                            planned, rc_span.local_id, settings, answers.get(planned.index)
+                        )
+                        for planned in plan
+                    )
+                )
+            )
+            outcomes_all.extend(outcomes)
+            if trace is not None:
+                output = return_control_output(request_rc)
+                output["results"] = [
+                    {"tool": o.tool_name, "state": o.response_state, "reused": o.reused}
+                    for o in outcomes
+                ]
+                tracer.add_span(
+                    trace,
+                    SpanRecord(
+                        name=rc_span.name,
+                        started_at=rc_started,
+                        ended_at=utcnow(),
+                        parent_local_id=drained.span_id,
+                        output=output,
+                        local_id=rc_span.local_id,
+                    ),
+                )
+            resume_state = resume_session_state(
+                request_rc.invocation_id,
+                outcomes,
+                p.session_attributes,
+                p.prompt_session_attributes,
+            )
+            request = invoke_request(
+                agent_id=p.agent_id,
+                agent_alias_id=p.agent_alias_id,
+                session_id=session,
+                input_text=None,
+                enable_trace=p.enable_trace,
+                session_state=resume_state,
+                memory_id=p.memory_id,
+                end_session=p.end_session,
+            )
+    except Exception as exc:
+        error = describe_aws_error(exc)
+        logger.error("invocation failed: %s", error)
+    finally:
+        client.close()
+    if trace is not None:
+        tracer_state = tracer.state(trace)
+        if tracer_state is not None:
+            tracer_state.tool_calls = len(outcomes_all)
+            tracer_state.retries = retries
+    answer = turns[-1].text if turns else ""
+    summary = summarize(
+        turns,
+        prices=settings.model_prices,
+        answer=answer,
+        tool_calls=len(outcomes_all),
+        retries=retries,
+        finish_reason=semconv.FINISH_ERROR if error else finish_override,
+    )
+    result = await finalize_trace(
+        summary,
+        text=answer,
+        session_id=session,
+        error=error,
+        started=started,
+        settings=settings,
+        tools=[
+            {
+                "tool": o.tool_name,
+                "key": o.key,
+                "reused": o.reused,
+                "executed": o.executed,
+                "response_state": o.response_state,
+                "error": o.error,
+            }
+            for o in outcomes_all
+        ],
+    )
+    if error:
+        raise InvocationFailed(result)
+    return result

@@ -1,0 +1,231 @@
+"""The invocation flow end to end: stock boto3 → emulator, tracer → local Nexus.
+
+Each trace is read back from the local Nexus and checked span by span against SPANS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from flows.invoke_agent import invoke_agent_flow
+from nexus_bedrock_tasks import tool
+from nexus_bedrock_tasks.local.bedrock.testing import set_session_faults
+from nexus_bedrock_tasks.results import InvocationFailed, InvocationResult
+from nexus_bedrock_tasks.semconv import SUMMARY_FIELDS
+from tests.flow.conftest import PREFECT_SOCKET_WARNINGS, Traced
+
+pytestmark = [pytest.mark.slow, *PREFECT_SOCKET_WARNINGS]
+DEMO = {"agent_id": "DEMO000001", "agent_alias_id": "TSTALIASID"}
+
+
+def invoke(stack: Traced, **kwargs: Any) -> InvocationResult:
+    result: InvocationResult = stack.loop.run(invoke_agent_flow(**kwargs))
+    return result
+
+
+def failed_invoke(stack: Traced, **kwargs: Any) -> InvocationResult:
+    with pytest.raises(InvocationFailed) as caught:
+        stack.loop.run(invoke_agent_flow(**kwargs))
+    return caught.value.result
+
+
+def output(span: dict[str, Any]) -> Any:
+    value = span["output"]
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def check_contract(
+    trace: dict[str, Any], result: InvocationResult
+) -> dict[str, list[dict[str, Any]]]:
+    """What every trace must satisfy; returns spans by name."""
+    spans = trace["spans"]
+    by_id = {span["id"]: span for span in spans}
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for span in spans:
+        by_name.setdefault(span["name"], []).append(span)
+        if span["parent_span_id"] is not None:
+            assert span["parent_span_id"] in by_id, f"{span['name']} has a dangling parent"
+    assert len(by_name["summary"]) == 1
+    summary = by_name["summary"][0]
+    assert summary["parent_span_id"] is None
+    assert spans[-1]["name"] == "summary"  # ordered by started_at: the last one
+    figures = output(summary)
+    assert list(figures) == list(SUMMARY_FIELDS)
+    assert figures["finish_reason"] == result.finish_reason
+    assert figures["input_tokens"] == result.usage.input_tokens
+    assert figures["total_tokens"] == result.usage.total_tokens
+    assert {k: figures[k] for k in result.counts} == result.counts
+    llm_tokens = sum(output(s)["input_tokens"] for s in spans if s["name"].startswith("llm:"))
+    assert llm_tokens == figures["input_tokens"]
+    assert figures["llm_calls"] == sum(s["name"].startswith("llm:") for s in spans)
+    for span in spans:
+        if span["name"].startswith("task:"):
+            assert span["parent_span_id"] is None
+        if span["name"].startswith(("llm:", "kb:", "action:", "guardrail", "collaborator:")):
+            parent = by_id[span["parent_span_id"]]["name"]
+            assert parent == "task:drain_stream" or parent.startswith("collaborator:")
+    assert trace["ended_at"] is not None
+    metadata = trace["metadata"]
+    assert metadata["session_id"] == result.session_id
+    assert metadata["flow_run_id"] == result.flow_run_id
+    assert metadata["agent_id"] and metadata["agent_alias_id"] and metadata["turn"] == 1
+    return by_name
+
+
+def test_knowledge_base_answer(stack: Traced) -> None:
+    prompt = "What should I pack for a city trip?"
+    result = invoke(stack, **DEMO, prompt=prompt)
+    assert result.text.startswith("When you pack for a city trip")
+    assert result.finish_reason == "end_turn"
+    assert result.counts["kb_lookups"] == 1 and result.counts["citations"] == 1
+    trace = stack.trace(result.local_trace_id)
+    assert trace["status"] == "success"
+    assert trace["metadata"]["prompt"] == prompt
+    by_name = check_contract(trace, result)
+    kb = by_name["kb:lookup"][0]
+    assert json.loads(kb["input"])["query"]
+    assert output(kb)["num_references"] >= 1
+    assert output(kb)["references"][0]["uri"].startswith("s3://nexus-demo-travel-kb/guides/")
+    tasks = Counter(name for name in by_name if name.startswith("task:"))
+    assert set(tasks) == {"task:invoke_agent", "task:drain_stream", "task:finalize_trace"}
+
+
+def test_weather_return_control_round_trip(stack: Traced, tools: None) -> None:
+    result = invoke(stack, **DEMO, prompt="What's the weather in Paris tomorrow?")
+    assert (
+        result.text
+        == "Here is the weather forecast for Paris: Forecast for Paris: light rain, 14°C"
+    )
+    assert result.counts["return_control_rounds"] == 1 and result.counts["tool_calls"] == 1
+    assert result.counts["action_calls"] == 0
+    by_name = check_contract(stack.trace(result.local_trace_id), result)
+    rc = by_name["return_control"][0]
+    assert by_name["task:drain_stream"][0]["id"] == rc["parent_span_id"]
+    assert output(rc)["calls"][0]["parameters"] == {"city": "Paris"}
+    tool_span = by_name["tool:weather.get_forecast"][0]
+    assert tool_span["parent_span_id"] == rc["id"] and tool_span["status"] == "ok"
+    assert output(tool_span)["result"] == "Forecast for Paris: light rain, 14°C"
+    assert len(by_name["task:invoke_agent"]) == 2 and len(by_name["task:drain_stream"]) == 2
+
+
+def test_unknown_tool_answers_reprompt_and_never_leaves_session_waiting(stack: Traced) -> None:
+    result = invoke(stack, **DEMO, prompt="What's the weather in Oslo?")
+    assert result.finish_reason == "end_turn"
+    assert result.tools[0]["response_state"] == "REPROMPT"
+    assert "no local tool registered for weather.get_forecast" in result.tools[0]["error"]
+    by_name = check_contract(stack.trace(result.local_trace_id), result)
+    assert by_name["tool:weather.get_forecast"][0]["status"] == "error"
+
+
+def test_raising_tool_answers_failure(stack: Traced) -> None:
+    from nexus_bedrock_tasks.tools import default_registry
+
+    saved = dict(default_registry._tools)
+
+    @tool(action_group="weather", function="get_forecast")
+    def broken(city: str) -> str:
+        raise RuntimeError(f"weather service down for {city}")
+
+    try:
+        result = invoke(stack, **DEMO, prompt="What's the weather in Tokyo?")
+    finally:
+        default_registry._tools.clear()
+        default_registry._tools.update(saved)
+    assert result.tools[0]["response_state"] == "FAILURE"
+    assert result.tools[0]["error"] == "RuntimeError: weather service down for Tokyo"
+    by_name = check_contract(stack.trace(result.local_trace_id), result)
+    span = by_name["tool:weather.get_forecast"][0]
+    assert span["status"] == "error" and "weather service down" in span["error"]
+
+
+def test_lambda_action_guardrail_and_phases(stack: Traced) -> None:
+    result = invoke(
+        stack, agent_id="PLANNER001", agent_alias_id="TSTALIASID", prompt="Convert 100 USD to EUR"
+    )
+    assert result.counts["action_calls"] == 1
+    by_name = check_contract(stack.trace(result.local_trace_id), result)
+    assert {"llm:preprocessing", "llm:orchestration", "llm:postprocessing"} <= set(by_name)
+    action = by_name["action:currency.convert_currency"][0]
+    assert action["status"] == "ok" and output(action)["result"]
+
+    blocked = invoke(
+        stack, agent_id="PLANNER001", agent_alias_id="TSTALIASID", prompt="Who wins the election?"
+    )
+    assert blocked.finish_reason == "guardrail"
+    assert blocked.counts["guardrail_interventions"] >= 1
+    trace = stack.trace(blocked.local_trace_id)
+    assert trace["status"] == "success"  # a blocked answer is still an answer
+    guard = check_contract(trace, blocked)["guardrail"]
+    assert any(span["status"] == "error" for span in guard)
+
+
+def test_collaborators_nest_their_steps(stack: Traced) -> None:
+    result = invoke(
+        stack, agent_id="SUPERV0001", agent_alias_id="TSTALIASID", prompt="Convert 50 EUR to JPY"
+    )
+    assert result.counts["collaborator_calls"] == 1
+    by_name = check_contract(stack.trace(result.local_trace_id), result)
+    collab = by_name["collaborator:CurrencyExpert"][0]
+    nested = [
+        s
+        for s in stack.trace(result.local_trace_id)["spans"]
+        if s["parent_span_id"] == collab["id"]
+    ]
+    assert {s["name"] for s in nested} >= {"llm:orchestration", "action:currency.convert_currency"}
+
+
+def test_pre_stream_faults_are_retried_by_one_layer(stack: Traced) -> None:
+    session = f"throttle-{uuid.uuid4().hex[:8]}"
+    set_session_faults(stack_url(), session, throttle_first=2)
+    result = invoke(stack, **DEMO, prompt="What should I pack?", session_id=session)
+    assert result.finish_reason == "end_turn" and result.counts["retries"] == 2
+    check_contract(stack.trace(result.local_trace_id), result)
+
+    session = f"err5xx-{uuid.uuid4().hex[:8]}"
+    set_session_faults(stack_url(), session, error_first=1, error_status=503)
+    result = invoke(stack, **DEMO, prompt="What should I pack?", session_id=session)
+    assert result.finish_reason == "end_turn" and result.counts["retries"] == 1
+
+
+@pytest.mark.parametrize(
+    ("faults", "code"),
+    [
+        ({"stream_error_after": 2, "stream_error": "throttlingException"}, "throttlingException"),
+        ({"drop_after": 2}, None),
+    ],
+)
+def test_in_stream_failures_reinvoke_then_fail_with_all_tokens_counted(
+    stack: Traced, faults: dict[str, Any], code: str | None
+) -> None:
+    session = f"stream-{uuid.uuid4().hex[:8]}"
+    set_session_faults(stack_url(), session, **faults)
+    result = failed_invoke(stack, **DEMO, prompt="What should I pack?", session_id=session)
+    assert result.finish_reason == "error" and result.counts["retries"] == 2
+    if code:
+        assert result.error and result.error.startswith(code)
+    trace = stack.trace(result.local_trace_id)
+    assert trace["status"] == "error"
+    by_name = check_contract(trace, result)
+    assert len(by_name["task:invoke_agent"]) == 3  # the first try and two re-invocations
+    assert len(by_name["task:drain_stream"]) == 3
+
+
+def test_non_transient_error_fails_the_run_and_the_trace(stack: Traced) -> None:
+    result = failed_invoke(
+        stack, agent_id="NOSUCHAGNT", agent_alias_id="TSTALIASID", prompt="hello"
+    )
+    assert result.finish_reason == "error"
+    assert result.error and "ResourceNotFoundException" in result.error
+    trace = stack.trace(result.local_trace_id)
+    assert trace["status"] == "error" and trace["ended_at"]
+    check_contract(trace, result)
+
+
+def stack_url() -> str:
+    return os.environ["AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME"]

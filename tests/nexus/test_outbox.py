@@ -1,0 +1,86 @@
+"""The SQLite spool: durable rows, ids that outlive processes, owners and adoption."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+
+from nexus_bedrock_tasks.nexus.outbox import Outbox, read_status
+
+
+def test_rows_live_until_acknowledged(outbox_path: Path) -> None:
+    box = Outbox(outbox_path)
+    trace = box.append("trace", "T", "T", None, {"name": "t"})
+    span = box.append("span", "T", "S", "P", {"name": "s"})
+    box.set_last_error("NexusUnavailableError: down")
+
+    status = box.status()
+    assert status["pending"] == 2 and status["oldest"] is not None
+    assert status["oldest"].endswith("Z") and status["last_error"] == "NexusUnavailableError: down"
+
+    box.acknowledge([(trace, "N-T")])
+    assert [op.local_id for op in box.own_ops()] == ["S"]
+    assert box.nexus_ids(["T", "S"]) == {"T": "N-T"}
+    box.acknowledge([(span, "N-S")])
+    assert read_status(outbox_path) == {"pending": 0, "oldest": None, "last_error": None}
+    box.close()
+
+
+def test_file_is_private_and_in_wal_mode(outbox_path: Path) -> None:
+    box = Outbox(outbox_path)
+    box.close()
+    assert stat.S_IMODE(outbox_path.stat().st_mode) == 0o600
+    conn = sqlite3.connect(outbox_path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        conn.close()
+
+
+def test_attempted_mark_survives_reopening(outbox_path: Path) -> None:
+    first = Outbox(outbox_path)
+    op = first.append("span", "T", "S", None, {"name": "s"})
+    first.mark_attempted([op.seq])
+    first.close()
+    second = Outbox(outbox_path)
+    assert second.adopt_orphans() == {"T"}
+    [loaded] = second.own_ops()
+    assert loaded.attempted and loaded.payload == {"name": "s"}
+    second.close()
+
+
+def test_rows_of_a_live_owner_are_not_adopted(outbox_path: Path) -> None:
+    alive = Outbox(outbox_path)
+    alive.append("trace", "A", "A", None, {})
+    other = Outbox(outbox_path)
+    assert other.adopt_orphans() == set()
+    assert other.own_ops() == []
+    alive.close()
+    assert other.adopt_orphans() == {"A"}
+    assert [op.local_id for op in other.own_ops()] == ["A"]
+    other.close()
+
+
+def test_status_of_a_missing_file_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "none" / "outbox.sqlite3"
+    assert read_status(path) == {"pending": 0, "oldest": None, "last_error": None}
+    assert not path.exists()
+
+
+def test_concurrent_appends_from_many_threads(outbox_path: Path) -> None:
+    box = Outbox(outbox_path)
+
+    def spool(n: int) -> None:
+        for k in range(100):
+            box.append("span", f"T{n}", f"S{n}-{k}", None, {"k": k})
+
+    threads = [threading.Thread(target=spool, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ops = box.own_ops()
+    assert len(ops) == 800 and len({op.seq for op in ops}) == 800
+    box.close()

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench faults clean
+.PHONY: demo test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,7 +13,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/nexus-bedrock local up
 	$(BIN)/python -m nexus_bedrock_tasks.demo
+	@echo "The local stack keeps running so the next command is fast; stop it with: $(BIN)/nexus-bedrock local down"
 
 lint: $(STAMP)
 	$(BIN)/ruff check nexus_bedrock_tasks flows tests benchmarks

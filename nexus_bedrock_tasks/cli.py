@@ -10,6 +10,7 @@ import typer
 
 from nexus_bedrock_tasks.cli_inspect import register as register_inspect
 from nexus_bedrock_tasks.cli_invoke import register as register_invoke
+from nexus_bedrock_tasks.cli_reconcile import register as register_reconcile
 from nexus_bedrock_tasks.local.bedrock.commands import register as register_local_bedrock
 from nexus_bedrock_tasks.local.nexus.commands import register as register_local_nexus
 from nexus_bedrock_tasks.local.stack_commands import register as register_local_stack
@@ -27,7 +28,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 local_app = typer.Typer(
-    help="Embedded local servers: a Bedrock Agent Runtime emulator and a Nexus-compatible API.",
+    help=(
+        "The embedded local stack: a Bedrock Agent Runtime emulator, a Nexus-compatible API "
+        "and a Prefect server. `local up` starts all three in the background (`status`, "
+        "`env`, `down`); `local bedrock` / `local nexus` run one in the foreground."
+    ),
     no_args_is_help=True,
 )
 outbox_app = typer.Typer(
@@ -39,6 +44,7 @@ app.add_typer(outbox_app, name="outbox")
 
 register_invoke(app)
 register_inspect(app)
+register_reconcile(app)
 register_local_bedrock(local_app)
 register_local_nexus(local_app)
 register_local_stack(local_app)

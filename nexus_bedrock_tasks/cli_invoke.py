@@ -66,6 +66,14 @@ def finish_export(exporter: Any, flush_timeout: float) -> None:
         )
 
 
+def close_export(exporter: Any) -> None:
+    """Close without waiting again: what is left is already spooled and reported."""
+    from nexus_bedrock_tasks.nexus.exporter import shutdown_exporter
+
+    shutdown_exporter(0.0)
+    exporter.close(0.0)
+
+
 def run_flow(flow_kwargs: dict[str, Any]) -> tuple[Any, Any]:
     """Run the invocation flow; return (InvocationResult | None, exception | None)."""
     from flows.invoke_agent import invoke_agent_flow
@@ -124,6 +132,9 @@ def invoke_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")
     ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show Prefect logs and which API is used.")
+    ] = False,
 ) -> None:
     """Invoke a Bedrock Agent as a Prefect flow and trace it into Nexus.
 
@@ -133,6 +144,7 @@ def invoke_command(
     Example: nexus-bedrock invoke --agent-id DEMO000001 --alias-id TSTALIASID
     --tools examples.weather_tools "What's the weather in Paris?"
     """
+    from nexus_bedrock_tasks.cli_runtime import prepare_flow_runtime
     from nexus_bedrock_tasks.invocation import validate_invocation
     from nexus_bedrock_tasks.tools import load_tools
 
@@ -140,6 +152,7 @@ def invoke_command(
         validate_invocation(
             agent_id=agent_id, agent_alias_id=alias_id, prompt=prompt, session_id=session_id
         )
+        prepare_flow_runtime(verbose=verbose)
         for module in tools or []:
             load_tools(module)
         check_environment(tracing=not no_trace)
@@ -161,6 +174,7 @@ def invoke_command(
     finish_export(exporter, flush_timeout)
     if result is not None and result.trace_id is None and result.local_trace_id:
         result.trace_id = exporter.nexus_trace_id(result.local_trace_id, timeout=0)
+    close_export(exporter)
     if result is None:
         message = f"{type(error).__name__}: {error}"
         if as_json:

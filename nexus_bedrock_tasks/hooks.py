@@ -73,8 +73,10 @@ def on_flow_running(flow: Any, flow_run: Any, state: Any) -> None:
     )
 
 
-def _end(flow_run: Any, status: semconv.TraceStatus) -> None:
-    get_tracer().end(flow_run.id, status=status, flush=True)
+def _end(flow_run: Any, status: semconv.TraceStatus, *, dying: bool = False) -> None:
+    # Only a crashing process waits for Nexus here; otherwise the run never waits on
+    # Nexus and the exporter delivers in the background (and at process exit).
+    get_tracer().end(flow_run.id, status=status, flush=dying)
 
 
 @never_raise
@@ -93,13 +95,13 @@ def on_flow_failure(flow: Any, flow_run: Any, state: Any) -> None:
 @never_raise
 def on_flow_crashed(flow: Any, flow_run: Any, state: Any) -> None:
     """SIGTERM and other crashes: end the trace as error, closing open task spans."""
-    _end(flow_run, semconv.TRACE_ERROR)
+    _end(flow_run, semconv.TRACE_ERROR, dying=True)
 
 
 @never_raise
 def on_flow_cancellation(flow: Any, flow_run: Any, state: Any) -> None:
     """A cancelled run's trace ends as error."""
-    _end(flow_run, semconv.TRACE_ERROR)
+    _end(flow_run, semconv.TRACE_ERROR, dying=True)
 
 
 @never_raise

@@ -9,7 +9,7 @@ from uuid import UUID, uuid4
 
 from pydantic import BaseModel
 
-from nexus_bedrock_tasks.bedrock.model import ReturnControlCall
+from nexus_bedrock_tasks.bedrock.model import ReturnControlCall, ReturnControlRequest
 from nexus_bedrock_tasks.exceptions import ConfigError
 
 MAX_PROMPT_CHARS = 25_000
@@ -171,3 +171,25 @@ def resume_session_state(
     if prompt_session_attributes:
         state["promptSessionAttributes"] = dict(prompt_session_attributes)
     return state
+
+
+def return_control_event(request: ReturnControlRequest) -> dict[str, Any]:
+    """The `returnControl` event payload of a request (stored until it is answered)."""
+    inputs: list[dict[str, Any]] = []
+    for call in request.calls:
+        body: dict[str, Any] = {
+            "actionGroup": call.action_group,
+            "parameters": [
+                {"name": p.name, "type": p.type, "value": p.value} for p in call.parameters
+            ],
+        }
+        if call.invocation_type:
+            body["actionInvocationType"] = call.invocation_type
+        if call.function is not None:
+            inputs.append({"functionInvocationInput": {**body, "function": call.function}})
+        else:
+            api = {**body, "apiPath": call.api_path, "httpMethod": call.http_method}
+            if call.request_body is not None:
+                api["requestBody"] = call.request_body
+            inputs.append({"apiInvocationInput": api})
+    return {"invocationId": request.invocation_id, "invocationInputs": inputs}

@@ -1,13 +1,21 @@
-"""Exactly-once tool execution: results stored by (session, invocationId, call index).
+"""Durable run state: tool results, unanswered returnControl requests, open traces.
 
-A retried task or a re-run flow finds the stored result and does not run the tool again.
-A tool that was started but never finished (its process was killed) has no result and
-runs again: tools should themselves be idempotent for that window.
+- Exactly-once tools: results stored by (session, invocationId, call index). A retried
+  task or a re-run flow finds the stored result and does not run the tool again. A tool
+  that started but never finished (its process was killed) has no result and runs again:
+  tools should themselves be idempotent for that window.
+- A returnControl request is kept until the agent got its answer, so a re-run in the
+  same session answers it (reusing finished tools) instead of leaving the session stuck.
+- Traces are recorded while open, so `nexus-bedrock reconcile` can end the traces of
+  processes that died without running any hook (SIGKILL).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import socket
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -22,8 +30,44 @@ CREATE TABLE IF NOT EXISTS tool_calls (
     outcome TEXT,
     started_at TEXT NOT NULL,
     finished_at TEXT
-)
+);
+CREATE TABLE IF NOT EXISTS pending_return_control (
+    session_id TEXT PRIMARY KEY,
+    invocation_id TEXT NOT NULL,
+    request TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS open_traces (
+    key TEXT PRIMARY KEY,
+    flow_run_id TEXT,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    trace TEXT NOT NULL,
+    started_at TEXT NOT NULL
+);
 """
+
+
+@dataclass(frozen=True, slots=True)
+class OpenTrace:
+    """A trace whose process had not ended it when last seen."""
+
+    key: str
+    flow_run_id: str | None
+    pid: int
+    host: str
+    trace: dict[str, Any]
+    started_at: str
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+@functools.lru_cache(maxsize=8)
+def get_ledger(path: Path) -> ToolLedger:
+    """The process's ledger for `path` (one connection per file)."""
+    return ToolLedger(path)
 
 
 def call_key(session_id: str, invocation_id: str, index: int) -> str:
@@ -48,7 +92,7 @@ class ToolLedger:
         self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
+        self._db.executescript(_SCHEMA)
         self._db.commit()
 
     def get(self, key: str) -> StoredOutcome | None:
@@ -89,6 +133,51 @@ class ToolLedger:
                 "SELECT key FROM tool_calls WHERE status = 'running'"
             ).fetchall()
         return [row[0] for row in rows]
+
+    def save_pending(self, session_id: str, invocation_id: str, request: dict[str, Any]) -> None:
+        """Keep an unanswered returnControl request of a session."""
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO pending_return_control VALUES (?, ?, ?, ?)",
+                (session_id, invocation_id, json.dumps(request), _now()),
+            )
+
+    def pending(self, session_id: str) -> dict[str, Any] | None:
+        """The session's unanswered returnControl request (the event payload), if any."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT request FROM pending_return_control WHERE session_id = ?", (session_id,)
+            ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def clear_pending(self, session_id: str, invocation_id: str) -> None:
+        """The agent got the answer to `invocation_id`."""
+        with self._lock, self._db:
+            self._db.execute(
+                "DELETE FROM pending_return_control WHERE session_id = ? AND invocation_id = ?",
+                (session_id, invocation_id),
+            )
+
+    def open_trace(self, key: str, flow_run_id: str | None, trace: dict[str, Any]) -> None:
+        """Record a trace as open by this process."""
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO open_traces VALUES (?, ?, ?, ?, ?, ?)",
+                (key, flow_run_id, os.getpid(), socket.gethostname(), json.dumps(trace), _now()),
+            )
+
+    def close_trace(self, key: str) -> None:
+        """The trace was ended."""
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM open_traces WHERE key = ?", (key,))
+
+    def open_traces(self) -> list[OpenTrace]:
+        """Every trace recorded as open."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, flow_run_id, pid, host, trace, started_at FROM open_traces"
+            ).fetchall()
+        return [OpenTrace(r[0], r[1], int(r[2]), r[3], json.loads(r[4]), r[5]) for r in rows]
 
     def close(self) -> None:
         """Close the database."""

@@ -7,31 +7,37 @@ per case task, see `tracing.current_trace`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
 
+from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import BaseModel
 
 from nexus_bedrock_tasks import semconv
 from nexus_bedrock_tasks.bedrock.client import describe_aws_error, make_client
-from nexus_bedrock_tasks.bedrock.model import AgentTurn
+from nexus_bedrock_tasks.bedrock.model import AgentTurn, ReturnControlRequest
+from nexus_bedrock_tasks.bedrock.parts import return_control_request
 from nexus_bedrock_tasks.exceptions import AgentStreamError
 from nexus_bedrock_tasks.invocation import (
     ToolOutcome,
     invoke_request,
     resume_session_state,
+    return_control_event,
     session_id_for,
     validate_invocation,
 )
-from nexus_bedrock_tasks.nexus.records import SpanRecord, utcnow
+from nexus_bedrock_tasks.ledger import get_ledger
+from nexus_bedrock_tasks.nexus.records import SpanRecord, new_local_id, utcnow
 from nexus_bedrock_tasks.nexus.span_builder import return_control_output
 from nexus_bedrock_tasks.results import InvocationFailed, InvocationResult
 from nexus_bedrock_tasks.settings import BedrockTasksSettings
 from nexus_bedrock_tasks.summary import summarize
 from nexus_bedrock_tasks.tasks import (
+    DrainedTurn,
     PlannedCall,
     drain_stream,
     execute_tool,
@@ -113,9 +119,13 @@ async def _confirm(plan: Sequence[PlannedCall], timeout_s: int) -> dict[int, boo
         )
         try:
             answer = await pause_flow_run(  # type: ignore[misc]
-                wait_for_input=Approval, timeout=timeout_s, key=f"confirm-{planned.key}"
+                wait_for_input=Approval,
+                timeout=timeout_s,
+                poll_interval=1,
+                # Prefect keys allow only lowercase letters, digits and dashes.
+                key=f"confirm-{hashlib.sha256(planned.key.encode()).hexdigest()[:20]}",
             )
-        except TimeoutError:
+        except FlowPauseTimeout:
             logger.warning("no approval within %ss: denying %s", timeout_s, planned.key)
             answers[planned.index] = False
             continue
@@ -134,8 +144,67 @@ def _end_session_quietly(client: Any, request: dict[str, Any]) -> None:
         logger.warning("could not end session %s: %s", request.get("sessionId"), exc)
 
 
+async def _invoke_and_drain(
+    client: Any, request: dict[str, Any], settings: BedrockTasksSettings
+) -> tuple[list[DrainedTurn], int]:
+    """One turn, re-invoked after transient in-stream errors; every attempt is returned
+    (the tokens of failed attempts were spent) with the number of re-invocations."""
+    attempts: list[DrainedTurn] = []
+    retries = 0
+    for attempt in range(settings.stream_retries + 1):
+        response = await invoke_agent(client, request, settings)
+        retries += response.retries
+        drained = await drain_stream(response)
+        attempts.append(drained)
+        code = drained.turn.error_code
+        if code not in _TRANSIENT_STREAM_ERRORS or attempt == settings.stream_retries:
+            break
+        retries += 1
+        logger.warning("transient stream error %s, re-invoking the turn", code)
+    return attempts, retries
+
+
+async def _answer_round(
+    request_rc: ReturnControlRequest,
+    session: str,
+    parent_span: str | None,
+    settings: BedrockTasksSettings,
+    trace: str | None,
+) -> list[ToolOutcome]:
+    """Run the requested tools concurrently (after confirmations) and post the round's span."""
+    rc_started = utcnow()
+    plan = await resolve_return_control(request_rc, session)
+    answers = await _confirm(plan, settings.confirmation_timeout_s)
+    rc_span_id = new_local_id()
+    outcomes = list(
+        await asyncio.gather(
+            *(
+                execute_tool(planned, rc_span_id, settings, answers.get(planned.index))
+                for planned in plan
+            )
+        )
+    )
+    if trace is not None:
+        output = return_control_output(request_rc)
+        output["results"] = [
+            {"tool": o.tool_name, "state": o.response_state, "reused": o.reused} for o in outcomes
+        ]
+        get_tracer().add_span(
+            trace,
+            SpanRecord(
+                name=semconv.RETURN_CONTROL_SPAN,
+                started_at=rc_started,
+                ended_at=utcnow(),
+                parent_local_id=parent_span,
+                output=output,
+                local_id=rc_span_id,
+            ),
+        )
+    return outcomes
+
+
 async def run_invocation(
-    p: InvocationParams, *, trace: str | None, session_seed: str
+    p: InvocationParams, *, trace: str | None, session_seed: str, client: Any | None = None
 ) -> InvocationResult:
     """Run one invocation as tasks, reporting to the trace `trace` (None: not traced).
 
@@ -143,6 +212,9 @@ async def run_invocation(
         p: what to invoke.
         trace: the local trace key the tasks report to (`tracing.trace_key`).
         session_seed: a UUID that derives the session id when `p.session_id` is None.
+        client: a `bedrock-agent-runtime` client to use and leave open (a batch reuses
+            its clients: creating one costs ~0.1 s of CPU); by default one is made from
+            `p.region`, `p.endpoint_url` and `p.aws_credentials_block`, and closed after.
 
     Raises:
         ConfigError: bad input (checked before anything is sent).
@@ -162,9 +234,11 @@ async def run_invocation(
     if p.tools_module:
         load_tools(p.tools_module)
     session = p.session_id or session_id_for(session_seed)
-    client = make_client(
-        region=p.region, endpoint_url=p.endpoint_url, credentials_block=p.aws_credentials_block
-    )
+    owns_client = client is None
+    if client is None:
+        client = make_client(
+            region=p.region, endpoint_url=p.endpoint_url, credentials_block=p.aws_credentials_block
+        )
     rounds_allowed = (
         settings.max_return_control_rounds
         if p.max_return_control_rounds is None
@@ -191,71 +265,50 @@ async def run_invocation(
         end_session=p.end_session,
     )
     tracer = get_tracer()
+    ledger = get_ledger(settings.tool_ledger)
+    stored = ledger.pending(session)
+    pending = return_control_request(stored) if stored else None
+    answered: str | None = None
     try:
         rounds = 0
         while True:
-            for attempt in range(settings.stream_retries + 1):
-                response = await invoke_agent(client, request, settings)
-                retries += response.retries
-                drained = await drain_stream(response)
-                turns.append(drained.turn)
-                code = drained.turn.error_code
-                if code not in _TRANSIENT_STREAM_ERRORS or attempt == settings.stream_retries:
+            if pending is not None:
+                logger.warning(
+                    "session %s waits for the answer to returnControl %s of an earlier run: "
+                    "answering it first (finished tools are not run again)",
+                    session,
+                    pending.invocation_id,
+                )
+                request_rc, parent_span, pending = pending, None, None
+            else:
+                drained, stream_retries = await _invoke_and_drain(client, request, settings)
+                turns.extend(attempt.turn for attempt in drained)
+                retries += stream_retries
+                current = drained[-1].turn
+                if current.error:
+                    error = current.error
                     break
-                retries += 1
-                logger.warning("transient stream error %s, re-invoking the turn", code)
-            current = drained.turn
-            if current.error:
-                error = current.error
-                break
-            finish_override = _budget_reason(turns, settings, p.max_total_tokens, p.max_cost_usd)
-            request_rc = current.return_control
-            if finish_override or request_rc is None:
-                if finish_override and request_rc is not None:
-                    await asyncio.to_thread(_end_session_quietly, client, request)
-                break
+                if answered is not None:
+                    ledger.clear_pending(session, answered)
+                    answered = None
+                finish_override = _budget_reason(
+                    turns, settings, p.max_total_tokens, p.max_cost_usd
+                )
+                asked = current.return_control
+                if finish_override or asked is None:
+                    if finish_override and asked is not None:
+                        await asyncio.to_thread(_end_session_quietly, client, request)
+                    break
+                request_rc, parent_span = asked, drained[-1].span_id
             if rounds >= rounds_allowed:
                 finish_override = semconv.FINISH_RETURN_CONTROL_UNANSWERED
                 await asyncio.to_thread(_end_session_quietly, client, request)
                 break
             rounds += 1
-            rc_started = utcnow()
-            plan = await resolve_return_control(request_rc, session)
-            answers = await _confirm(plan, settings.confirmation_timeout_s)
-            rc_span = SpanRecord(
-                name=semconv.RETURN_CONTROL_SPAN,
-                started_at=rc_started,
-                ended_at=None,
-                parent_local_id=drained.span_id,
-            )
-            outcomes = list(
-                await asyncio.gather(
-                    *(
-                        execute_tool(
-                            planned, rc_span.local_id, settings, answers.get(planned.index)
-                        )
-                        for planned in plan
-                    )
-                )
-            )
+            ledger.save_pending(session, request_rc.invocation_id, return_control_event(request_rc))
+            outcomes = await _answer_round(request_rc, session, parent_span, settings, trace)
             outcomes_all.extend(outcomes)
-            if trace is not None:
-                output = return_control_output(request_rc)
-                output["results"] = [
-                    {"tool": o.tool_name, "state": o.response_state, "reused": o.reused}
-                    for o in outcomes
-                ]
-                tracer.add_span(
-                    trace,
-                    SpanRecord(
-                        name=rc_span.name,
-                        started_at=rc_started,
-                        ended_at=utcnow(),
-                        parent_local_id=drained.span_id,
-                        output=output,
-                        local_id=rc_span.local_id,
-                    ),
-                )
+            answered = request_rc.invocation_id
             resume_state = resume_session_state(
                 request_rc.invocation_id,
                 outcomes,
@@ -276,7 +329,8 @@ async def run_invocation(
         error = describe_aws_error(exc)
         logger.error("invocation failed: %s", error)
     finally:
-        client.close()
+        if owns_client:
+            client.close()
     if trace is not None:
         tracer_state = tracer.state(trace)
         if tracer_state is not None:
@@ -305,6 +359,7 @@ async def run_invocation(
                 "reused": o.reused,
                 "executed": o.executed,
                 "response_state": o.response_state,
+                "confirmation_state": o.confirmation_state,
                 "error": o.error,
             }
             for o in outcomes_all

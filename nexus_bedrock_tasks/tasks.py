@@ -9,10 +9,8 @@ stream passes between tasks in memory (`persist_result=False`).
 from __future__ import annotations
 
 import asyncio
-import functools
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -25,7 +23,7 @@ from nexus_bedrock_tasks.bedrock.model import AgentTurn, ReturnControlCall, Retu
 from nexus_bedrock_tasks.bedrock.reader import read_turn
 from nexus_bedrock_tasks.hooks import TASK_HOOKS
 from nexus_bedrock_tasks.invocation import ToolOutcome, outcome_base
-from nexus_bedrock_tasks.ledger import ToolLedger, call_key
+from nexus_bedrock_tasks.ledger import call_key, get_ledger
 from nexus_bedrock_tasks.nexus.records import SpanRecord, utcnow
 from nexus_bedrock_tasks.results import InvocationResult, TokenUsage
 from nexus_bedrock_tasks.settings import BedrockTasksSettings
@@ -82,11 +80,6 @@ def _flow_run_id() -> str | None:
     if context is None or context.task_run.flow_run_id is None:
         return None
     return str(context.task_run.flow_run_id)
-
-
-@functools.lru_cache(maxsize=4)
-def _ledger(path: Path) -> ToolLedger:
-    return ToolLedger(path)
 
 
 @task(name="invoke_agent", **_TASK_OPTIONS)
@@ -154,7 +147,7 @@ async def resolve_return_control(
             index=index,
             key=call_key(session_id, request.invocation_id, index),
             call=call,
-            has_tool=default_registry.find(call) is not None,
+            has_tool=not call.caller_runs_tool or default_registry.find(call) is not None,
         )
         for index, call in enumerate(request.calls)
     ]
@@ -174,6 +167,8 @@ async def _outcome(planned: PlannedCall, confirmed: bool | None) -> ToolOutcome:
     if confirmed is False:
         body = "The user denied this action."
         return ToolOutcome(**base, body=body, confirmation_state=confirmation)
+    if not planned.call.caller_runs_tool:
+        return ToolOutcome(**base, body="", confirmation_state=confirmation)
     spec = default_registry.find(planned.call)
     if spec is None:
         error = f"no local tool registered for {planned.call.action_group}.{planned.call.operation}"
@@ -210,7 +205,7 @@ async def execute_tool(
     Example:
         >>> outcome = await execute_tool(planned, rc_span_id, settings)
     """
-    ledger = _ledger(settings.tool_ledger)
+    ledger = get_ledger(settings.tool_ledger)
     started = utcnow()
     stored = ledger.get(planned.key)
     if stored is not None:

@@ -9,23 +9,47 @@ are the exporter's to spool and report.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from nexus_bedrock_tasks import semconv
 from nexus_bedrock_tasks.bedrock.model import AgentTurn
+from nexus_bedrock_tasks.ledger import get_ledger
 from nexus_bedrock_tasks.nexus.exporter import NexusExporter, get_exporter
-from nexus_bedrock_tasks.nexus.records import JsonValue, SpanRecord, TraceRecord, utcnow
+from nexus_bedrock_tasks.nexus.records import JsonValue, SpanRecord, TraceRecord, iso, utcnow
 from nexus_bedrock_tasks.nexus.span_builder import summary_span, turn_spans
 from nexus_bedrock_tasks.semconv import SpanStatus, TraceStatus
 from nexus_bedrock_tasks.settings import BedrockTasksSettings
 from nexus_bedrock_tasks.summary import InvocationSummary, summarize
 
 logger = logging.getLogger(__name__)
+
+
+def trace_to_json(trace: TraceRecord) -> dict[str, JsonValue]:
+    """A trace record as stored for `reconcile`."""
+    return {
+        "local_id": trace.local_id,
+        "name": trace.name,
+        "agent_name": trace.agent_name,
+        "started_at": iso(trace.started_at),
+        "metadata": trace.metadata,
+    }
+
+
+def trace_from_json(data: dict[str, Any]) -> TraceRecord:
+    """Inverse of `trace_to_json`."""
+    return TraceRecord(
+        name=str(data["name"]),
+        agent_name=str(data["agent_name"]),
+        started_at=datetime.fromisoformat(str(data["started_at"]).replace("Z", "+00:00")),
+        metadata=dict(data.get("metadata") or {}),
+        local_id=str(data["local_id"]),
+    )
 
 
 current_trace: ContextVar[str | None] = ContextVar("nexus_bedrock_current_trace", default=None)
@@ -76,6 +100,9 @@ class InvocationState:
     summary: InvocationSummary | None = None
     status: TraceStatus | None = None
     ended: bool = False
+    # A deferred trace is created at its end, with metadata only known then (a score).
+    deferred: bool = False
+    held: list[SpanRecord] = field(default_factory=list)
 
 
 class Tracer:
@@ -90,9 +117,19 @@ class Tracer:
         self._lock = threading.RLock()
 
     def begin(
-        self, run_id: UUID | str, *, name: str, agent_name: str, metadata: dict[str, JsonValue]
+        self,
+        run_id: UUID | str,
+        *,
+        name: str,
+        agent_name: str,
+        metadata: dict[str, JsonValue],
+        deferred: bool = False,
     ) -> InvocationState:
-        """Create the trace of a flow run once; a retried run keeps its trace."""
+        """Create the trace of a flow run once; a retried run keeps its trace.
+
+        With `deferred`, nothing is sent until `end`, which may add metadata (Nexus
+        ignores metadata after creation); spans are held until then.
+        """
         key = local_id(run_id)
         with self._lock:
             state = self._runs.get(key)
@@ -104,10 +141,28 @@ class Tracer:
                     metadata=metadata,
                     local_id=key,
                 )
-                state = InvocationState(trace=trace)
+                state = InvocationState(trace=trace, deferred=deferred)
                 self._runs[key] = state
-                self.exporter.start_trace(trace)
+                if not deferred:
+                    self.exporter.start_trace(trace)
+                    self._remember_open(trace, run_id)
             return state
+
+    def adopt(self, trace: TraceRecord) -> InvocationState:
+        """Take over a trace another (dead) process started, to end it (`reconcile`)."""
+        with self._lock:
+            state = self._runs.setdefault(trace.local_id, InvocationState(trace=trace))
+            return state
+
+    def _remember_open(self, trace: TraceRecord, run_id: UUID | str) -> None:
+        if not self.exporter.enabled:
+            return
+        try:
+            get_ledger(self.settings.tool_ledger).open_trace(
+                trace.local_id, str(run_id), trace_to_json(trace)
+            )
+        except (OSError, sqlite3.Error) as exc:
+            logger.warning("cannot record open trace %s for reconcile: %s", trace.local_id, exc)
 
     def state(self, run_id: UUID | str) -> InvocationState | None:
         """The bookkeeping of a flow run traced by this process."""
@@ -162,8 +217,8 @@ class Tracer:
         error: str | None,
         output: JsonValue,
     ) -> None:
-        self.exporter.add_span(
-            state.trace.local_id,
+        self._send(
+            state,
             SpanRecord(
                 name=f"{semconv.TASK_SPAN_PREFIX}{task.name}",
                 started_at=task.started_at,
@@ -198,7 +253,14 @@ class Tracer:
         """Post one complete span of a flow run's trace."""
         state = self.state(run_id)
         if state is not None:
-            self.exporter.add_span(state.trace.local_id, span)
+            self._send(state, span)
+
+    def _send(self, state: InvocationState, span: SpanRecord) -> None:
+        with self._lock:
+            if state.deferred:
+                state.held.append(span)
+                return
+        self.exporter.add_span(state.trace.local_id, span)
 
     def record_summary(
         self, run_id: UUID | str, summary: InvocationSummary, status: TraceStatus
@@ -219,11 +281,13 @@ class Tracer:
         status: TraceStatus,
         finish_reason: str | None = None,
         flush: bool = False,
+        metadata: dict[str, JsonValue] | None = None,
     ) -> None:
         """End the trace: close spans of tasks caught mid-run, post a summary, set status.
 
         `status` is what the flow run's final state implies; a status recorded by
         finalization (e.g. an in-stream error in a completed flow) wins over `success`.
+        `metadata` is added to a deferred trace, which is created now.
         """
         state = self.state(run_id)
         if state is None:
@@ -234,6 +298,15 @@ class Tracer:
             state.ended = True
             open_tasks = list(state.open_tasks.items())
             state.open_tasks.clear()
+            held, state.held = state.held, []
+            deferred, state.deferred = state.deferred, False
+        if deferred:
+            trace = state.trace
+            self.exporter.start_trace(
+                replace(trace, metadata={**trace.metadata, **(metadata or {})})
+            )
+        for span in held:
+            self.exporter.add_span(state.trace.local_id, span)
         for key, task in open_tasks:
             reason = f"task did not finish: the flow run ended as {status}"
             self._post_task_span(state, key, task, "error", reason, None)
@@ -255,6 +328,10 @@ class Tracer:
         )
         final = status if status != semconv.TRACE_SUCCESS else (state.status or status)
         self.exporter.end_trace(state.trace.local_id, final, utcnow())
+        try:
+            get_ledger(self.settings.tool_ledger).close_trace(state.trace.local_id)
+        except (OSError, sqlite3.Error) as exc:
+            logger.warning("cannot mark trace %s ended: %s", state.trace.local_id, exc)
         if flush:
             self.exporter.flush(self.settings.flush_timeout_s)
 
@@ -264,7 +341,13 @@ class Tracer:
             self._runs.pop(local_id(run_id), None)
 
     def nexus_trace_id(self, run_id: UUID | str, timeout: float = 0.0) -> str | None:
-        """The Nexus id of a run's trace, once Nexus acknowledged it."""
+        """The Nexus id of a run's trace, once Nexus acknowledged it.
+
+        A deferred trace is not sent before `end`, so nothing is waited for until then.
+        """
+        state = self.state(run_id)
+        if state is not None and state.deferred:
+            return None
         return self.exporter.nexus_trace_id(local_id(run_id), timeout=timeout)
 
 

@@ -185,12 +185,22 @@ class ReturnControlCall:
     http_method: str | None
     parameters: tuple[ReturnControlParameter, ...]
     request_body: dict[str, Any] | None
-    confirmation_required: bool
+    invocation_type: str | None = None
 
     @property
     def operation(self) -> str:
         """`function`, else `apiPath`."""
         return self.function or self.api_path or ""
+
+    @property
+    def confirmation_required(self) -> bool:
+        """A person must approve (`confirmationState` CONFIRM/DENY) before it runs."""
+        return self.invocation_type in ("USER_CONFIRMATION", "USER_CONFIRMATION_AND_RESULT")
+
+    @property
+    def caller_runs_tool(self) -> bool:
+        """False for `USER_CONFIRMATION`: the agent runs its own Lambda once confirmed."""
+        return self.invocation_type != "USER_CONFIRMATION"
 
 
 @dataclass(frozen=True, slots=True)

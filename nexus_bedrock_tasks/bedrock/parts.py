@@ -152,8 +152,7 @@ def return_control_request(body: Mapping[str, Any]) -> ReturnControlRequest:
                     for p in source.get("parameters") or ()
                 ),
                 request_body=source.get("requestBody"),
-                confirmation_required=source.get("actionInvocationType")
-                in ("USER_CONFIRMATION", "USER_CONFIRMATION_AND_RESULT"),
+                invocation_type=source.get("actionInvocationType"),
             )
         )
     return ReturnControlRequest(invocation_id=str(body.get("invocationId", "")), calls=tuple(calls))
@@ -397,7 +396,9 @@ class Container:
             same_trace = named or same_trace
         pool = same_trace or candidates
         if pool:
-            builder = pool[-1]
+            # Outputs answer their calls in order: with parallel calls in one turn (same
+            # traceId) the oldest open call is the one this output belongs to.
+            builder = pool[0]
             self.open_invocations.remove(builder)
         else:
             builder = _BUILDER_FOR_OUTPUT[key](trace_id, {}, None)

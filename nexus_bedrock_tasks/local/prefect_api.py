@@ -1,7 +1,14 @@
-"""Which Prefect API a flow run uses, and how the stack's Prefect server is started.
+"""Which Prefect API a flow run uses, and how the stack's Prefect server and database start.
 
 `choose_prefect_api` runs before Prefect is imported, on every command that runs a flow, so
 it only reads the stack's state file and probes one health URL: no Prefect import.
+
+PostgreSQL mode (`local up --postgres`) runs a private cluster of the installed server
+(``pg_config --bindir``, ``initdb`` on PATH, or ``/usr/lib/postgresql/<newest>/bin``): created
+once with ``initdb``, listening on 127.0.0.1 only (no Unix socket), with role and database
+``prefect`` and a generated password kept in ``<stack>/postgres.password`` (mode 0600).
+PostgreSQL refuses to run as root, so as root the server runs as the ``postgres`` user and
+its data lives in that user's home. `local down` stops it and keeps the data.
 """
 
 from __future__ import annotations
@@ -98,8 +105,10 @@ def choose_prefect_api(verbose: bool) -> PrefectApiChoice:
         ``"env"``, ``"stack"`` or ``"ephemeral"``.
 
     Example:
-        >>> choose_prefect_api(verbose=False) in ("env", "stack", "ephemeral")  # doctest: +SKIP
-        True
+        First thing in a command that runs a flow, before anything imports Prefect:
+
+        >>> choose_prefect_api(verbose=True)  # doctest: +SKIP
+        'stack'
     """
     env_url = os.environ.get("PREFECT_API_URL")
     configured = (env_url, "the environment") if env_url else _profile_api_url()

@@ -56,6 +56,12 @@ from nexus_bedrock_tasks.local.stack import (
 )
 
 UP_TIMEOUT_S: Final = 120.0
+_SERVICE_TITLES: Final[Mapping[str, str]] = {
+    "prefect": "the Prefect API server",
+    "bedrock": "the Bedrock Agent Runtime emulator",
+    "nexus": "the local Nexus",
+    "postgres": "Prefect's PostgreSQL (with --postgres)",
+}
 PORT_OPTIONS: Final[Mapping[str, str]] = {
     name: f"--{name}-port" for name in ("prefect", "bedrock", "nexus", "postgres")
 }
@@ -284,7 +290,7 @@ def _port_option(name: str) -> Any:
         envvar=f"NEXUS_BEDROCK_STACK_{name.upper()}_PORT",
         min=1,
         max=65535,
-        help=f"Port of {name}.",
+        help=f"Port of {_SERVICE_TITLES[name]}.",
     )
 
 

@@ -226,17 +226,22 @@ class Dispatcher:
         return {op.seq for op in ops}
 
     def _resolve(self, scheduler: DeliveryScheduler, *, again: bool) -> None:
+        """Learn ids delivered elsewhere, before orphans of closed traces go to the root.
+
+        Repeats while it learns something: a trace id found places its spans, which may
+        reveal parents to look up in turn.
+        """
         wanted = scheduler.unresolved(again=again)
-        if not wanted:
-            return
-        try:
-            found = self._outbox.nexus_ids({local_id for _, local_id in wanted})
-        except sqlite3.Error as exc:
-            self._log.warn("ids", f"Nexus export: cannot read the outbox ({exc})")
-            return
-        for trace_local_id, local_id in wanted:
-            if local_id in found:
-                scheduler.learn(trace_local_id, local_id, found[local_id])
+        while wanted:
+            try:
+                found = self._outbox.nexus_ids({local_id for _, local_id in wanted})
+            except sqlite3.Error as exc:
+                self._log.warn("ids", f"Nexus export: cannot read the outbox ({exc})")
+                return
+            for trace_local_id, local_id in wanted:
+                if local_id in found:
+                    scheduler.learn(trace_local_id, local_id, found[local_id])
+            wanted = scheduler.unresolved() if found else []
 
     def _dispatch(self, scheduler: DeliveryScheduler) -> None:
         creates = time.monotonic() >= self._creates_resume_at

@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from nexus_bedrock_tasks.exceptions import ConfigError
 from nexus_bedrock_tasks.nexus import delivery
 from nexus_bedrock_tasks.nexus.client import NexusClient
 from nexus_bedrock_tasks.nexus.dispatch import Dispatcher, Mailbox, OnceLogger
@@ -84,11 +85,18 @@ class NexusExporter:
         self._workers = max(1, workers)
         self._redelivery_delay = redelivery_delay
         key = self._settings.api_key
-        self._redactor = (
-            client.redactor
-            if client is not None
-            else Redactor(self._settings.redact_patterns, [key.get_secret_value() if key else ""])
-        )
+        try:
+            self._redactor = (
+                client.redactor
+                if client is not None
+                else Redactor(
+                    self._settings.redact_patterns, [key.get_secret_value() if key else ""]
+                )
+            )
+        except ConfigError as exc:
+            # A bad NEXUS_REDACT_PATTERNS must not stop the agent run; nothing is exported.
+            logger.warning("Nexus export disabled: %s", exc)
+            self._redactor, enabled = Redactor(), False
         self._log = OnceLogger(self._redactor)
         self._box = Mailbox()
         self._work: queue.SimpleQueue[Delivery | _OtlpJob | None] = queue.SimpleQueue()

@@ -46,7 +46,7 @@ def test_truncated_stream_gives_partial_turn_with_error(index: int, cut: float) 
     turn_spans(turn, None, fallback_time=utcnow())  # builds without error on partial turns
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     index=st.integers(0, len(BODIES) - 1),
     position=st.floats(0, 1, exclude_max=True),
@@ -108,7 +108,7 @@ def events(draw: st.DrawFn) -> dict[str, Any]:
     return {kind: draw(json_values)}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(events(), max_size=12))
 def test_arbitrary_event_shapes_never_crash(stream: list[dict[str, Any]]) -> None:
     turn = read_turn(stream)

@@ -5,10 +5,13 @@ Each trace is read back from the local Nexus and checked span by span against SP
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +25,7 @@ from tests.flow.conftest import PREFECT_SOCKET_WARNINGS, Traced
 
 pytestmark = [pytest.mark.slow, *PREFECT_SOCKET_WARNINGS]
 DEMO = {"agent_id": "DEMO000001", "agent_alias_id": "TSTALIASID"}
+TRIP_TOOLS = Path(__file__).with_name("trip_tools.py")
 
 
 def invoke(stack: Traced, **kwargs: Any) -> InvocationResult:
@@ -229,3 +233,125 @@ def test_non_transient_error_fails_the_run_and_the_trace(stack: Traced) -> None:
 
 def stack_url() -> str:
     return os.environ["AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME"]
+
+
+def _paused_run_id(timeout: float = 60) -> str:
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
+    )
+
+    paused = FlowRunFilter(
+        state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused", "Suspended"]))
+    )
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_run_filter=paused)
+            if runs:
+                return str(runs[0].id)
+            time.sleep(0.5)
+    raise AssertionError("no flow run paused for confirmation")
+
+
+@pytest.mark.parametrize("approve", [True, False])
+def test_user_confirmation_waits_for_a_person(stack: Traced, approve: bool) -> None:
+    from prefect.flow_runs import resume_flow_run
+
+    future = asyncio.run_coroutine_threadsafe(
+        invoke_agent_flow(
+            agent_id="PLANNER001",
+            agent_alias_id="TSTALIASID",
+            prompt="Book a hotel in Paris for 2 nights",
+        ),
+        stack.loop.loop,
+    )
+    run_id = _paused_run_id()
+    resume_flow_run(run_id, run_input={"approve": approve})
+    result: InvocationResult = future.result(120)
+    assert result.tools[0]["executed"] is False  # the agent's own Lambda runs the booking
+    assert result.tools[0]["confirmation_state"] == ("CONFIRM" if approve else "DENY")
+    trace = stack.trace(result.local_trace_id)
+    by_name = check_contract(trace, result)
+    assert output(by_name["return_control"][0])["calls"][0]["confirmation_required"] is True
+    if approve:
+        assert result.text.startswith("Your hotel is booked")
+    else:
+        assert "booked:" not in result.text
+
+
+@pytest.fixture
+def trip_tools(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from nexus_bedrock_tasks.tools import default_registry, load_tools
+
+    log = tmp_path / "tools.log"
+    monkeypatch.setenv("TRIP_TOOL_LOG", str(log))
+    saved = dict(default_registry._tools)
+    load_tools(str(TRIP_TOOLS))
+    try:
+        yield log
+    finally:
+        default_registry._tools.clear()
+        default_registry._tools.update(saved)
+
+
+TRIP = {"agent_id": "TRIP000001", "agent_alias_id": "TSTALIASID"}
+
+
+def test_parallel_calls_run_concurrently_in_one_round(stack: Traced, trip_tools: Any) -> None:
+    prompt = "What's the weather in Lisbon and are there hotels for 3 nights?"
+    result = invoke(stack, **TRIP, prompt=prompt)
+    assert result.text == (
+        "Weather in Lisbon: sunny\n\nHotels in Lisbon for 3 nights: Hotel Roma, Albergo Sole"
+    )
+    assert result.counts["return_control_rounds"] == 1 and result.counts["tool_calls"] == 2
+    by_name = check_contract(stack.trace(result.local_trace_id), result)
+    rc = by_name["return_control"][0]
+    tools = [by_name["tool:weather.get_forecast"][0], by_name["tool:hotels.find_hotels"][0]]
+    assert all(span["parent_span_id"] == rc["id"] for span in tools)
+    assert len(output(rc)["calls"]) == 2
+
+
+def test_chained_rounds_and_api_tools(stack: Traced, trip_tools: Any) -> None:
+    result = invoke(stack, **TRIP, prompt="Check the dates for my itinerary in Porto")
+    assert result.counts["return_control_rounds"] == 2 and result.counts["tool_calls"] == 2
+    assert result.text.endswith("Hotels in Porto for 3 nights: Hotel Roma, Albergo Sole")
+    by_name = check_contract(stack.trace(result.local_trace_id), result)
+    assert len(by_name["return_control"]) == 2
+    assert len(by_name["task:drain_stream"]) == 3
+
+    booked = invoke(
+        stack, **TRIP, prompt="Please reserve a room in Porto for 2 nights for 3 guests"
+    )
+    assert (
+        booked.text
+        == 'Reservation made in Porto for 2 nights: {"reservationId": "R-1001", "guests": 3}'
+    )
+    span = check_contract(stack.trace(booked.local_trace_id), booked)["tool:booking./reservations"][
+        0
+    ]
+    assert output(span)["parameters"] == {"city": "Porto"}
+    assert trip_tools.read_text().splitlines()[-1] == "reserve Porto 2 3"
+
+
+def test_a_retried_tool_task_reuses_the_stored_result(stack: Traced, trip_tools: Any) -> None:
+    from nexus_bedrock_tasks.bedrock.model import ReturnControlCall, ReturnControlParameter
+    from nexus_bedrock_tasks.settings import BedrockTasksSettings
+    from nexus_bedrock_tasks.tasks import PlannedCall, execute_tool
+
+    call = ReturnControlCall(
+        action_group="calendar", function="check_dates", api_path=None, http_method=None,
+        parameters=(ReturnControlParameter("city", "string", "Oslo"),), request_body=None,
+    )  # fmt: skip
+    planned = PlannedCall(index=0, key=f"s-{uuid.uuid4().hex}:inv:0", call=call, has_tool=True)
+    settings = BedrockTasksSettings()
+    first = execute_tool.fn(planned, "parent", settings)
+    second = execute_tool.fn(planned, "parent", settings)
+    one, two = stack.loop.run(first), stack.loop.run(second)
+    assert (one.reused, two.reused) == (False, True)
+    assert one.body == two.body == "Free from 12 to 15 June, 3 nights"
+    assert trip_tools.read_text().splitlines().count("check_dates Oslo") == 1

@@ -59,8 +59,9 @@ def test_nexus_down_at_start_then_recovers(fake: FakeNexus, make_exporter: MakeE
     assert read_status(exporter._outbox.path)["last_error"] is None  # type: ignore[union-attr]
 
 
-def test_503_flapping(fake: FakeNexus, make_exporter: MakeExporter) -> None:
+def test_503_flapping_and_rate_limits(fake: FakeNexus, make_exporter: MakeExporter) -> None:
     fake.flap_every = 3
+    fake.retry_after_429 = 5
     exporter = make_exporter()
     exporter.start()
     trees = [make_tree(f"{n}/") for n in range(8)]
@@ -69,6 +70,7 @@ def test_503_flapping(fake: FakeNexus, make_exporter: MakeExporter) -> None:
     assert exporter.flush(15) == 0
     for trace, spans in trees:
         assert_delivered_once(fake, trace, spans)
+    assert fake.retry_after_429 == 0
 
 
 def test_connection_reset_after_storing_posts_nothing_twice(
@@ -232,6 +234,29 @@ def test_restart_delivers_what_a_dead_process_left(
     assert all(r["parent_span_id"] is None for r in fake.all_spans() if "tool" not in r["name"])
 
 
+def test_restart_finds_parents_delivered_by_the_dead_process(
+    fake: FakeNexus, make_exporter: MakeExporter, make_client: MakeClient
+) -> None:
+    first = make_exporter()
+    first.start()
+    trace = TraceRecord("invoke: x", "bedrock-agent", T0)
+    parent = SpanRecord("task:drain", T0, T0)
+    first.start_trace(trace)
+    first.add_span(trace.local_id, parent)
+    assert first.flush(5) == 0
+    fake.down = True
+    late = SpanRecord("llm:late", T0, T0, parent_local_id=parent.local_id)
+    first.add_span(trace.local_id, late)
+    first.close(0.2)
+
+    fake.down = False
+    second = make_exporter(client=make_client())
+    second.start()
+    assert second.flush(10) == 0
+    rows = {r["name"]: r for r in fake.all_spans()}
+    assert rows["llm:late"]["parent_span_id"] == rows["task:drain"]["id"]
+
+
 def test_posts_in_flight_when_the_process_died_are_not_repeated(
     fake: FakeNexus, make_exporter: MakeExporter, make_client: MakeClient
 ) -> None:
@@ -303,6 +328,18 @@ def test_missing_key_with_the_hosted_url_disables_export_with_one_line(
     assert not exporter.enabled and not outbox_path.exists()
     assert len(warnings_of(caplog)) == 1 and "NEXUS_API_KEY" in warnings_of(caplog)[0]
     exporter.close()
+
+
+def test_bad_redaction_pattern_disables_export_instead_of_failing_the_run(
+    outbox_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = NexusSettings(api_key=API_KEY, base_url=BASE_URL, redact_patterns=["(unclosed"])
+    with caplog.at_level(logging.WARNING):
+        exporter = NexusExporter(settings, outbox_path)
+    exporter.start()
+    exporter.start_trace(TraceRecord("t", "a", T0))
+    assert not exporter.enabled and exporter.close() == 0
+    assert "NEXUS_REDACT_PATTERNS" in warnings_of(caplog)[0]
 
 
 def test_spans_spooled_before_start_are_delivered_once(

@@ -27,7 +27,6 @@ def call(group: str, function: str | None, **params: str) -> ReturnControlCall:
         http_method=None,
         parameters=tuple(ReturnControlParameter(k, "string", v) for k, v in params.items()),
         request_body=None,
-        confirmation_required=False,
     )
 
 
@@ -122,7 +121,6 @@ def test_api_tool_reads_request_body_and_async_tools_run() -> None:
             {"name": "hotel", "type": "string", "value": "Ritz"},
             {"name": "nights", "type": "integer", "value": "2"},
         ]}}},
-        confirmation_required=False,
     )  # fmt: skip
     spec = registry.find(rc)
     assert spec is not None

@@ -20,8 +20,10 @@ Where things are documented:
   ``x-emulator-throttle-first``, ``x-emulator-error-first``, ``x-emulator-error-status``,
   ``x-emulator-stream-error-after``, ``x-emulator-stream-error``, ``x-emulator-drop-after``,
   ``x-emulator-trickle-bytes``, ``x-emulator-trickle-delay-ms``): `faults`.
-- returnControl and its validation: `returncontrol`; sessions and memory: `sessions`;
-  InvokeInlineAgent: `inline`; replaying recordings: `replay`; routes: `app`.
+- returnControl (parallel calls, API operations, ``responseState``) and its validation:
+  `returncontrol`; several rounds (``then:``): `config`; sessions and memory: `sessions`;
+  InvokeInlineAgent: `inline`; replaying recordings: `replay`; routes: `app`;
+  sockets and background threads: `nexus_bedrock_tasks.local.serving`.
 
 This package module imports nothing heavy, so the CLI can register the command cheaply.
 """

@@ -40,7 +40,7 @@ Schema (YAML; every key except ids, names and paths is optional; unknown keys ar
                 require_confirmation: false
                 handler: get_forecast # LAMBDA only: built-in name or module:function
                 answer: "{city}: {result}"   # default "{function} returned: {result}"
-                then: hotels.find_hotels     # see "Several rounds" below
+                then: booking.POST /reservations   # see "Several rounds" below
                 parameters:
                   city:
                     type: string      # string | number | integer | boolean | array

@@ -144,7 +144,7 @@ def invoke_command(
     Example: nexus-bedrock invoke --agent-id DEMO000001 --alias-id TSTALIASID
     --tools examples.weather_tools "What's the weather in Paris?"
     """
-    from nexus_bedrock_tasks.cli_runtime import prepare_flow_runtime
+    from nexus_bedrock_tasks.cli_runtime import choose_flow_api, use_local_stack_defaults
     from nexus_bedrock_tasks.invocation import validate_invocation
     from nexus_bedrock_tasks.tools import load_tools
 
@@ -152,12 +152,13 @@ def invoke_command(
         validate_invocation(
             agent_id=agent_id, agent_alias_id=alias_id, prompt=prompt, session_id=session_id
         )
-        prepare_flow_runtime(verbose=verbose)
         for module in tools or []:
             load_tools(module)
+        use_local_stack_defaults(verbose=verbose)
         check_environment(tracing=not no_trace)
     except ConfigError as exc:
         raise fail_usage(str(exc)) from None
+    choose_flow_api(verbose=verbose)
     exporter = configure_tracing(enabled=not no_trace)
     flow_kwargs: dict[str, Any] = {
         "agent_id": agent_id,

@@ -23,34 +23,44 @@ def _aws_configured() -> bool:
     return boto3.session.Session().get_credentials() is not None
 
 
-def prepare_flow_runtime(*, verbose: bool) -> str:
-    """Pick the Prefect API and fill unset AWS/Nexus settings from the local stack.
+def use_local_stack_defaults(*, verbose: bool = False) -> None:
+    """Point unset AWS and Nexus settings at the local stack when it is up (prints nothing
+    unless `verbose`)."""
+    from nexus_bedrock_tasks.local.stack import stack_environment
+
+    stack = stack_environment() or {}
+    if AWS_ENDPOINT in stack and not _aws_configured():
+        for key, value in stack.items():
+            if key.startswith("AWS_"):
+                os.environ[key] = value
+        if verbose:
+            typer.echo(f"local stack: Bedrock emulator {stack[AWS_ENDPOINT]}", err=True)
+    nexus_unset = not (os.environ.get("NEXUS_BASE_URL") or os.environ.get("NEXUS_API_KEY"))
+    if "NEXUS_BASE_URL" in stack and nexus_unset:
+        os.environ["NEXUS_BASE_URL"] = stack["NEXUS_BASE_URL"]
+        os.environ["NEXUS_API_KEY"] = stack["NEXUS_API_KEY"]
+        if verbose:
+            typer.echo(f"local stack: local Nexus {stack['NEXUS_BASE_URL']}", err=True)
+
+
+def choose_flow_api(*, verbose: bool) -> str:
+    """Pick the Prefect API (before Prefect is imported); quiet Prefect unless `verbose`.
 
     Returns:
         "env", "stack" or "ephemeral": where flow runs will be recorded.
     """
     from nexus_bedrock_tasks.local.prefect_api import choose_prefect_api
-    from nexus_bedrock_tasks.local.stack import stack_environment
 
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     mode = choose_prefect_api(verbose)
-    stack = stack_environment() or {}
-    used: list[str] = []
-    if AWS_ENDPOINT in stack and not _aws_configured():
-        for key, value in stack.items():
-            if key.startswith("AWS_"):
-                os.environ[key] = value
-        used.append(f"Bedrock emulator {stack[AWS_ENDPOINT]}")
-    nexus_unset = not (os.environ.get("NEXUS_BASE_URL") or os.environ.get("NEXUS_API_KEY"))
-    if "NEXUS_BASE_URL" in stack and nexus_unset:
-        os.environ["NEXUS_BASE_URL"] = stack["NEXUS_BASE_URL"]
-        os.environ["NEXUS_API_KEY"] = stack["NEXUS_API_KEY"]
-        used.append(f"local Nexus {stack['NEXUS_BASE_URL']}")
     if verbose:
-        typer.echo(
-            f"prefect api: {mode} ({os.environ.get('PREFECT_API_URL', 'ephemeral')})", err=True
-        )
-        for line in used:
-            typer.echo(f"local stack: {line}", err=True)
+        api_url = os.environ.get("PREFECT_API_URL", "a temporary server")
+        typer.echo(f"prefect api: {mode} ({api_url})", err=True)
     return mode
+
+
+def prepare_flow_runtime(*, verbose: bool) -> str:
+    """`use_local_stack_defaults` then `choose_flow_api`."""
+    use_local_stack_defaults(verbose=verbose)
+    return choose_flow_api(verbose=verbose)

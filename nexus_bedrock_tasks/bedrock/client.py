@@ -27,6 +27,7 @@ from nexus_bedrock_tasks.settings import BedrockTasksSettings
 
 logger = logging.getLogger(__name__)
 SERVICE = "bedrock-agent-runtime"
+_BOTOCORE_POOL_SIZE = 10  # botocore's own default
 TRANSIENT_CODES = frozenset(
     {
         "ThrottlingException",
@@ -46,6 +47,7 @@ def make_client(
     endpoint_url: str | None = None,
     credentials_block: str | None = None,
     settings: BedrockTasksSettings | None = None,
+    max_pool_connections: int | None = None,
 ) -> Any:
     """A `bedrock-agent-runtime` client with botocore retries off and explicit timeouts.
 
@@ -54,6 +56,8 @@ def make_client(
         endpoint_url: overrides `AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME`.
         credentials_block: name of a saved prefect-aws `AwsCredentials` block.
         settings: timeouts.
+        max_pool_connections: HTTP connections kept open (botocore's default is 10); a
+            client shared by N concurrent invocations needs N, one per open stream.
 
     Example:
         >>> client = make_client(region="us-east-1")
@@ -67,6 +71,7 @@ def make_client(
         connect_timeout=settings.aws_connect_timeout_s,
         read_timeout=settings.aws_read_timeout_s,
         user_agent_extra=f"nexus-bedrock-tasks/{__version__}",
+        max_pool_connections=max_pool_connections or _BOTOCORE_POOL_SIZE,
     )
     if credentials_block:
         from prefect_aws import AwsCredentials

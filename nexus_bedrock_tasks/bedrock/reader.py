@@ -217,14 +217,7 @@ class TurnReader:
                 self._on_observation(container, value, event_time)
             else:
                 trace_id = value.get("traceId") or body.get("traceId")
-                container.add(
-                    GenericStep(
-                        name=f"{phase}.{key}",
-                        trace_id=trace_id,
-                        payload=dict(value),
-                        timing=Timing(started_at=as_datetime(event_time)),
-                    )
-                )
+                container.add(_generic(f"{phase}.{key}", trace_id, value, event_time))
 
     def _on_invocation_input(
         self, container: Container, value: Mapping[str, Any], event_time: Any
@@ -241,14 +234,8 @@ class TurnReader:
                 builder.container.chain = chain
                 self._by_chain.setdefault(chain, []).append(builder.container)
             return
-        container.add(
-            GenericStep(
-                name=f"invocationInput.{value.get('invocationType', 'unknown')}",
-                trace_id=trace_id,
-                payload=dict(value),
-                timing=Timing(started_at=as_datetime(event_time)),
-            )
-        )
+        name = f"invocationInput.{value.get('invocationType', 'unknown')}"
+        container.add(_generic(name, trace_id, value, event_time))
 
     def _on_observation(
         self, container: Container, value: Mapping[str, Any], event_time: Any
@@ -296,6 +283,18 @@ class TurnReader:
         parent.open_invocation(builder)
         self._by_chain.setdefault(chain, []).append(builder.container)
         return builder.container
+
+
+def _generic(
+    name: str, trace_id: str | None, value: Mapping[str, Any], event_time: Any
+) -> GenericStep:
+    """An unmodelled part of a trace, kept with its payload and arrival time."""
+    return GenericStep(
+        name=name,
+        trace_id=trace_id,
+        payload=dict(value),
+        timing=Timing(started_at=as_datetime(event_time)),
+    )
 
 
 def _describe_error(error: BaseException) -> tuple[str, str]:

@@ -355,3 +355,57 @@ def test_a_retried_tool_task_reuses_the_stored_result(stack: Traced, trip_tools:
     assert (one.reused, two.reused) == (False, True)
     assert one.body == two.body == "Free from 12 to 15 June, 3 nights"
     assert trip_tools.read_text().splitlines().count("check_dates Oslo") == 1
+
+
+def test_transient_stream_error_is_reinvoked_and_its_tokens_still_count(stack: Traced) -> None:
+    prompt = "What should I pack for a city trip?"
+    clean = invoke(stack, **DEMO, prompt=prompt, session_id=f"clean-{uuid.uuid4().hex[:8]}")
+    session = f"recover-{uuid.uuid4().hex[:8]}"
+    set_session_faults(
+        stack_url(), session,
+        stream_error_after=3, stream_error="throttlingException", stream_faults_first=1,
+    )  # fmt: skip
+    result = invoke(stack, **DEMO, prompt=prompt, session_id=session)
+    assert result.text == clean.text and result.finish_reason == "end_turn"
+    assert result.counts["retries"] == 1
+    assert result.usage.input_tokens > clean.usage.input_tokens  # the failed attempt's too
+    by_name = check_contract(stack.trace(result.local_trace_id), result)
+    assert len(by_name["task:drain_stream"]) == 2
+
+
+def test_dropped_streams_never_run_a_tool_twice(stack: Traced, trip_tools: Path) -> None:
+    session = f"drop-{uuid.uuid4().hex[:8]}"
+    set_session_faults(stack_url(), session, drop_after=1, stream_faults_first=2)
+    prompt = "What's the weather in Lisbon and are there hotels for 3 nights?"
+    result = invoke(stack, **TRIP, prompt=prompt, session_id=session)
+    assert result.counts["retries"] == 2 and result.counts["tool_calls"] == 2
+    lines = trip_tools.read_text().splitlines()
+    assert lines.count("get_forecast Lisbon") == 1
+    assert lines.count("find_hotels done Lisbon 3") == 1
+
+
+def test_slow_trickle_gives_the_same_answer(stack: Traced) -> None:
+    session = f"trickle-{uuid.uuid4().hex[:8]}"
+    set_session_faults(stack_url(), session, trickle_bytes=48, trickle_delay_ms=1)
+    result = invoke(stack, **DEMO, prompt="What should I pack for a city trip?", session_id=session)
+    assert result.text.startswith("When you pack for a city trip")
+    check_contract(stack.trace(result.local_trace_id), result)
+
+
+def test_token_budget_stops_the_loop_before_tools_run(stack: Traced, tools: None) -> None:
+    result = invoke(stack, **DEMO, prompt="What's the weather in Paris?", max_total_tokens=10)
+    assert result.finish_reason == "token_budget_exceeded"
+    assert result.counts["tool_calls"] == 0 and result.counts["return_control_rounds"] == 1
+    check_contract(stack.trace(result.local_trace_id), result)
+
+
+def test_unanswered_confirmation_times_out_as_denied(
+    stack: Traced, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEXUS_BEDROCK_CONFIRMATION_TIMEOUT_S", "2")
+    result = invoke(
+        stack, agent_id="PLANNER001", agent_alias_id="TSTALIASID",
+        prompt="Book a hotel in Rome for 2 nights",
+    )  # fmt: skip
+    assert result.tools[0]["confirmation_state"] == "DENY"
+    assert "booked:" not in result.text

@@ -203,7 +203,7 @@ async def invoke_agent(request: Request) -> Response:
     if recorded is None and agent is None:
         raise not_found(_NOT_FOUND_MESSAGE)
     faults = _faults(state, agent.faults if agent else FaultSpec(), request)
-    state.counter.check(agent_id, session_id, faults)
+    faults = state.counter.check(agent_id, session_id, faults)
     headers = _stream_headers(session_id, body.get("memoryId"))
     if recorded is not None:
         return _streaming(_recorded(recorded), faults, headers)
@@ -227,7 +227,7 @@ async def invoke_inline_agent(request: Request) -> Response:
     body = await _json_body(request)
     agent = inline_agent(body, state.config)
     faults = _faults(state, FaultSpec(), request)
-    state.counter.check(INLINE_AGENT_ID, session_id, faults)
+    faults = state.counter.check(INLINE_AGENT_ID, session_id, faults)
     region = _region(request, state.config)
     arn = f"arn:aws:bedrock:{region}:{state.config.account_id}:inline-agent/{agent.name}"
     envelope = Envelope(session_id, (arn,), agent.id, agent.alias, agent.version, inline=True)

@@ -17,6 +17,9 @@ block in the YAML file. Fields (YAML/JSON key, request header, effect):
   ``internalServerException``; any exception member of ``ResponseStream``).
 - ``drop_after`` / ``x-emulator-drop-after``: after K events, abort the connection without
   ending the chunked HTTP body.
+- ``stream_faults_first`` / ``x-emulator-stream-faults-first``: ``stream_error_after`` and
+  ``drop_after`` hit only the first N streamed calls of a session (then calls succeed:
+  a client that re-invokes recovers).
 - ``trickle_bytes`` / ``x-emulator-trickle-bytes`` and ``trickle_delay_ms`` /
   ``x-emulator-trickle-delay-ms``: write every message in pieces of that many bytes, that
   many ms apart.
@@ -72,6 +75,7 @@ class FaultSpec(BaseModel):
     stream_error_after: int | None = Field(default=None, ge=0)
     stream_error: StreamErrorType = "internalServerException"
     drop_after: int | None = Field(default=None, ge=0)
+    stream_faults_first: int | None = Field(default=None, ge=0)
     trickle_bytes: int = Field(default=0, ge=0)
     trickle_delay_ms: float = Field(default=0, ge=0)
 
@@ -81,6 +85,12 @@ class FaultSpec(BaseModel):
         if value not in _ERROR_TYPE_BY_STATUS:
             raise ValueError(f"must be one of {sorted(_ERROR_TYPE_BY_STATUS)}")
         return value
+
+    def for_streamed_call(self, number: int) -> FaultSpec:
+        """The faults of a session's `number`-th call that got a stream (1-based)."""
+        if self.stream_faults_first is None or number <= self.stream_faults_first:
+            return self
+        return self.model_copy(update={"stream_error_after": None, "drop_after": None})
 
     def overridden_by(self, other: FaultSpec) -> FaultSpec:
         """This spec with every field that `other` sets explicitly replaced."""
@@ -128,8 +138,11 @@ class CallCounter:
     def __init__(self) -> None:
         self._calls: dict[tuple[str, str], int] = {}
 
-    def check(self, agent_key: str, session_id: str, faults: FaultSpec) -> None:
+    def check(self, agent_key: str, session_id: str, faults: FaultSpec) -> FaultSpec:
         """Count this call and raise the pre-stream error it is due, if any.
+
+        Returns:
+            The faults left for the call's stream.
 
         Raises:
             AwsError: ``ThrottlingException`` (429) or the configured 5xx error.
@@ -144,6 +157,7 @@ class CallCounter:
                 _ERROR_TYPE_BY_STATUS[faults.error_status],
                 f"Injected {faults.error_status} error (emulator fault).",
             )
+        return faults.for_streamed_call(number - faults.throttle_first - faults.error_first)
 
     def reset(self) -> None:
         """Forget all counts."""

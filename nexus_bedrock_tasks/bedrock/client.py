@@ -18,10 +18,10 @@ from tenacity import (
     nap,
     retry_if_exception,
     stop_after_attempt,
-    wait_random_exponential,
 )
 
 from nexus_bedrock_tasks import __version__
+from nexus_bedrock_tasks.backoff import jittered_exponential
 from nexus_bedrock_tasks.exceptions import ConfigError
 from nexus_bedrock_tasks.settings import BedrockTasksSettings
 
@@ -154,7 +154,7 @@ def call_with_retry(
 
     retrying = Retrying(
         stop=stop_after_attempt(settings.aws_max_attempts),
-        wait=wait_random_exponential(multiplier=0.5, max=settings.aws_backoff_max_s),
+        wait=jittered_exponential(multiplier=0.5, max=settings.aws_backoff_max_s),
         retry=retry_if_exception(is_transient),
         before_sleep=note,
         reraise=True,

@@ -353,7 +353,14 @@ def start_service(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         del process
+    wanted = " ".join(argv)
+    deadline = time.monotonic() + 2.0
     identity = process_identity(pid)
+    # A loaded machine (or a launcher that re-executes itself) can show the pre-exec
+    # command line for a moment; record the process as it will be seen from now on.
+    while identity is not None and identity[1] != wanted and time.monotonic() < deadline:
+        time.sleep(0.02)
+        identity = process_identity(pid)
     if identity is None:
         raise ServiceStartError(f"{name} exited at once; see its log: {log}")
     return ServiceRecord(
@@ -361,7 +368,7 @@ def start_service(
         pid=pid,
         host=host,
         port=port,
-        argv=list(argv),
+        argv=list(argv) if identity[1] == wanted else identity[1].split(" "),
         start_ticks=identity[0],
         started_at=time.time(),
         database=database,

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_random_exponential
 
+from nexus_bedrock_tasks.backoff import jittered_exponential
 from nexus_bedrock_tasks.exceptions import (
     NexusAuthError,
     NexusBedrockError,
@@ -143,7 +143,7 @@ class NexusWire:
             transport=transport,
         )
         self._sleep = sleep if sleep is not None else time.sleep
-        self._backoff = wait_random_exponential(multiplier=0.25, max=8.0)
+        self._backoff = jittered_exponential(multiplier=0.25, max=8.0)
 
     def retry(self, attempt: Callable[[], T]) -> T:
         """Run `attempt` until it stops raising `TransientError` or the bound is reached.

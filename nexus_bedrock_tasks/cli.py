@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from nexus_bedrock_tasks.cli_eval import register as register_eval
 from nexus_bedrock_tasks.cli_inspect import register as register_inspect
 from nexus_bedrock_tasks.cli_invoke import register as register_invoke
 from nexus_bedrock_tasks.cli_reconcile import register as register_reconcile
@@ -43,6 +44,7 @@ app.add_typer(local_app, name="local")
 app.add_typer(outbox_app, name="outbox")
 
 register_invoke(app)
+register_eval(app)
 register_inspect(app)
 register_reconcile(app)
 register_local_bedrock(local_app)

@@ -91,3 +91,15 @@ class BedrockTasksSettings(BaseSettings):
             "amazon.nova-pro": (0.0008, 0.0032),
         }
     )
+    session_warn_turns: int = Field(
+        default=20, ge=1, description="The session flow warns when a session has more turns."
+    )
+    session_warn_tokens: int = Field(
+        default=100_000,
+        ge=1,
+        description="The session flow warns when a session's turns used more tokens in total.",
+    )
+    eval_results_dir: Path = Field(
+        default_factory=lambda: user_data_dir() / "evals",
+        description="Where an evaluation writes its results JSONL when given no `out`.",
+    )

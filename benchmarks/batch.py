@@ -1,0 +1,177 @@
+"""`batch_efficiency` and `eval_rss_mb`: the batch evaluation flow at scale.
+
+Each evaluation runs in a child process (`benchmarks.batch_child`) against the same
+emulator and local Nexus, with the Prefect API of this run.
+
+- `batch_efficiency`: `batch_cases` cases at `batch_concurrency`, every step taking
+  `batch_step_latency_ms`; cases/s ÷ the ideal, concurrency ÷ the per-case latency of a
+  plain boto3 call of the same case measured in the same child.
+- `eval_rss_mb`: the child's peak RSS. A 10,000-case run does not fit in `make bench`'s
+  10 minutes on 2 cores (the flow does ~10 cases/s here), so the full run measures the
+  peak RSS at two sizes (the efficiency run and a quarter of it), and extrapolates
+  linearly to `rss_cases` (growth below zero counts as zero). ``--rss-direct`` measures
+  `rss_cases` cases directly instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.figures import Figure, Sizes, missing
+from benchmarks.harness import Services
+
+BATCH_MODULE = "flows.batch_evaluation"
+CHILD_TIMEOUT_S = 3600
+
+
+def run_child(
+    services: Services, workdir: Path, cases: int, concurrency: int, step_latency_ms: float
+) -> dict[str, Any]:
+    """One evaluation in a child process; its JSON answer.
+
+    Raises:
+        RuntimeError: the child failed (its stderr says why).
+    """
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmarks.batch_child",
+        "--bedrock-url",
+        services.bedrock_url,
+        "--nexus-url",
+        services.nexus_url,
+        "--api-key",
+        services.api_key,
+        "--workdir",
+        str(workdir),
+        "--cases",
+        str(cases),
+        "--concurrency",
+        str(concurrency),
+        "--step-latency-ms",
+        str(step_latency_ms),
+    ]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, env=_child_environment()
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(done.stderr.strip()[-800:] or f"exit {done.returncode}")
+    answer: dict[str, Any] = json.loads(lines[-1])
+    return answer
+
+
+def _child_environment() -> dict[str, str]:
+    """This process's environment, with the Prefect API its flows use (which may come from
+    a settings context, as in Prefect's test harness, rather than the environment)."""
+    from prefect.settings import PREFECT_API_URL
+
+    environment = dict(os.environ)
+    api_url = PREFECT_API_URL.value()
+    if api_url:
+        environment["PREFECT_API_URL"] = api_url
+    return environment
+
+
+def efficiency_figure(run: dict[str, Any], sizes: Sizes) -> Figure:
+    """Cases/s ÷ (concurrency ÷ plain per-case latency)."""
+    ideal = sizes.batch_concurrency / run["plain_case_median_s"]
+    efficiency = round(run["cases_per_s"] / ideal, 3)
+    return Figure(
+        key="batch_efficiency",
+        value=efficiency,
+        measured=(
+            f"{run['cases']} cases at concurrency {sizes.batch_concurrency}: "
+            f"{run['cases_per_s']:.1f} cases/s"
+        ),
+        baseline=(
+            f"ideal {ideal:.1f} cases/s = {sizes.batch_concurrency} ÷ plain case "
+            f"{run['plain_case_median_s']:.3f} s"
+        ),
+        ratio=efficiency,
+        raw={"run": run, "ideal_cases_per_s": round(ideal, 2)},
+    )
+
+
+def rss_figure(small: dict[str, Any], large: dict[str, Any], target_cases: int) -> Figure:
+    """Peak RSS at `target_cases`, measured or extrapolated from two sizes.
+
+    The growth per case comes from the RSS sampled during the flow (the process-wide peak
+    may be set by imports before the flow starts); the figure is the process's peak.
+    """
+    growth = max(0.0, large["rss_peak_during_flow_mb"] - small["rss_peak_during_flow_mb"])
+    per_case = growth / max(1, large["cases"] - small["cases"])
+    extrapolated = large["cases"] < target_cases
+    peak = max(large["peak_rss_mb"], large["rss_peak_during_flow_mb"])
+    value = round(peak + per_case * max(0, target_cases - large["cases"]), 1)
+    how = (
+        f"extrapolated from {small['cases']} and {large['cases']} cases"
+        if extrapolated
+        else "measured"
+    )
+    return Figure(
+        key="eval_rss_mb",
+        value=value,
+        measured=f"peak RSS of a {target_cases:,}-case evaluation {value:.0f} MiB ({how})",
+        baseline=(
+            f"RSS of the same process before the flow (imports done) "
+            f"{large['rss_before_flow_mb']:.0f} MiB"
+        ),
+        ratio=round(value / large["rss_before_flow_mb"], 3),
+        raw={
+            "extrapolated": extrapolated,
+            "mib_per_1000_cases": round(1000 * per_case, 2),
+            "small_run": small,
+            "large_run": large,
+        },
+    )
+
+
+def batch_figures(
+    services: Services, workdir: Path, sizes: Sizes, only: set[str], rss_direct: bool = False
+) -> list[Figure]:
+    """The batch figures in `only`."""
+    keys = [key for key in ("batch_efficiency", "eval_rss_mb") if key in only]
+    if importlib.util.find_spec(BATCH_MODULE) is None:
+        reason = "flows/batch_evaluation.py does not exist yet (built concurrently)"
+        return [missing(key, reason) for key in keys]
+    figures: list[Figure] = []
+    try:
+        efficiency_run = run_child(
+            services,
+            workdir / "batch",
+            sizes.batch_cases,
+            sizes.batch_concurrency,
+            sizes.batch_step_latency_ms,
+        )
+        if "batch_efficiency" in only:
+            figures.append(efficiency_figure(efficiency_run, sizes))
+        if "eval_rss_mb" in only:
+            small = run_child(
+                services,
+                workdir / "rss-small",
+                max(1, sizes.batch_cases // 4),
+                sizes.batch_concurrency,
+                sizes.batch_step_latency_ms,
+            )
+            large = efficiency_run
+            if rss_direct:
+                large = run_child(
+                    services,
+                    workdir / "rss-large",
+                    sizes.rss_cases,
+                    sizes.batch_concurrency,
+                    sizes.batch_step_latency_ms,
+                )
+            figures.append(rss_figure(small, large, sizes.rss_cases))
+    except (RuntimeError, subprocess.SubprocessError, ValueError) as exc:
+        reason = f"the batch evaluation failed: {exc}"
+        done = {figure.key for figure in figures}
+        figures += [missing(key, reason) for key in keys if key not in done]
+    return figures

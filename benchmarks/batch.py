@@ -99,21 +99,23 @@ def efficiency_figure(run: dict[str, Any], sizes: Sizes) -> Figure:
     )
 
 
-def rss_figure(small: dict[str, Any], large: dict[str, Any], target_cases: int) -> Figure:
-    """Peak RSS at `target_cases`, measured or extrapolated from two sizes.
+def rss_figure(large: dict[str, Any], small: dict[str, Any] | None, target_cases: int) -> Figure:
+    """Peak RSS at `target_cases`: measured on `large`, or extrapolated from `small` too.
 
     The growth per case comes from the RSS sampled during the flow (the process-wide peak
     may be set by imports before the flow starts); the figure is the process's peak.
     """
-    growth = max(0.0, large["rss_peak_during_flow_mb"] - small["rss_peak_during_flow_mb"])
-    per_case = growth / max(1, large["cases"] - small["cases"])
-    extrapolated = large["cases"] < target_cases
     peak = max(large["peak_rss_mb"], large["rss_peak_during_flow_mb"])
+    per_case = 0.0
+    if small is not None:
+        growth = max(0.0, large["rss_peak_during_flow_mb"] - small["rss_peak_during_flow_mb"])
+        per_case = growth / max(1, large["cases"] - small["cases"])
+    extrapolated = small is not None and large["cases"] < target_cases
     value = round(peak + per_case * max(0, target_cases - large["cases"]), 1)
     how = (
         f"extrapolated from {small['cases']} and {large['cases']} cases"
-        if extrapolated
-        else "measured"
+        if small is not None and extrapolated
+        else f"measured on {large['cases']} cases"
     )
     return Figure(
         key="eval_rss_mb",
@@ -127,8 +129,8 @@ def rss_figure(small: dict[str, Any], large: dict[str, Any], target_cases: int) 
         raw={
             "extrapolated": extrapolated,
             "mib_per_1000_cases": round(1000 * per_case, 2),
-            "small_run": small,
             "large_run": large,
+            "small_run": small,
         },
     )
 
@@ -153,15 +155,8 @@ def batch_figures(
         if "batch_efficiency" in only:
             figures.append(efficiency_figure(efficiency_run, sizes))
         if "eval_rss_mb" in only:
-            small = run_child(
-                services,
-                workdir / "rss-small",
-                max(1, sizes.batch_cases // 4),
-                sizes.batch_concurrency,
-                sizes.batch_step_latency_ms,
-            )
-            large = efficiency_run
-            if rss_direct:
+            large, small = efficiency_run, None
+            if rss_direct and sizes.rss_cases > sizes.batch_cases:
                 large = run_child(
                     services,
                     workdir / "rss-large",
@@ -169,7 +164,15 @@ def batch_figures(
                     sizes.batch_concurrency,
                     sizes.batch_step_latency_ms,
                 )
-            figures.append(rss_figure(small, large, sizes.rss_cases))
+            elif sizes.rss_cases > sizes.batch_cases:
+                small = run_child(
+                    services,
+                    workdir / "rss-small",
+                    max(1, sizes.batch_cases // 4),
+                    sizes.batch_concurrency,
+                    sizes.batch_step_latency_ms,
+                )
+            figures.append(rss_figure(large, small, sizes.rss_cases))
     except (RuntimeError, subprocess.SubprocessError, ValueError) as exc:
         reason = f"the batch evaluation failed: {exc}"
         done = {figure.key for figure in figures}

@@ -60,6 +60,8 @@ class Figure:
         raw: every sub-figure (samples summarised, counts, settings).
         reason: why `value` is None.
         note: a caveat the report shows next to "met?".
+        value_range: a 90 % interval of `value` when noise is large; the target then counts
+            as met or missed only if the whole interval is on one side of it.
     """
 
     key: str
@@ -70,6 +72,7 @@ class Figure:
     raw: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
     note: str | None = None
+    value_range: tuple[float, float] | None = None
 
     @property
     def target(self) -> Target:
@@ -78,7 +81,11 @@ class Figure:
 
     @property
     def met(self) -> bool | None:
-        """Whether the target is met (None without a value)."""
+        """Whether the target is met; None without a value or when `value_range` straddles
+        the target (inconclusive)."""
+        if self.value_range is not None:
+            low, high = (self.target.met(bound) for bound in self.value_range)
+            return low if low == high else None
         return self.target.met(self.value)
 
     def as_json(self) -> dict[str, Any]:
@@ -92,6 +99,7 @@ class Figure:
             "ratio": self.ratio,
             "reason": self.reason,
             "note": self.note,
+            "value_range": list(self.value_range) if self.value_range else None,
             "raw": self.raw,
         }
 

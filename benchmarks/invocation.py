@@ -295,13 +295,11 @@ def slow_nexus_figure(invoker: Invoker, sizes: Sizes) -> Figure:
     slow, prompt = median(walls(samples["slow"])), median(walls(samples["prompt"]))
     ratio = round(slow / prompt, 3)
     added = cost_ms(walls(samples["slow"]), walls(samples["prompt"]))
-    noisy = added["ci90_low_ms"] <= 0 <= added["ci90_high_ms"]
-    note = (
-        f"the difference, {added['ms']:.0f} ms, is within noise: 90 % CI "
-        f"{added['ci90_low_ms']:.0f}…{added['ci90_high_ms']:.0f} ms"
-        if noisy
-        else None
+    value_range = (
+        round(1 + added["ci90_low_ms"] / 1000 / prompt, 3),
+        round(1 + added["ci90_high_ms"] / 1000 / prompt, 3),
     )
+    note = f"90 % interval {value_range[0]}…{value_range[1]}"
     return Figure(
         key="slow_nexus_ratio",
         value=ratio,
@@ -315,4 +313,5 @@ def slow_nexus_figure(invoker: Invoker, sizes: Sizes) -> Figure:
             "added": added,
         },
         note=note,
+        value_range=value_range,
     )

@@ -83,7 +83,8 @@ def _cell(value: float | None) -> str:
 
 
 def _met(met: bool | None) -> str:
-    return {True: "yes", False: "**no**", None: "n/a"}[met]
+    """yes / no / inconclusive (a figure without a value says why in "measured")."""
+    return {True: "yes", False: "**no**", None: "inconclusive"}[met]
 
 
 def markdown_tables(document: dict[str, Any]) -> str:

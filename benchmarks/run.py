@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         if markdown is not None:
             write_markdown(markdown, document)
     for figure in figures:
-        verdict = {True: "met", False: "MISSED", None: "not measured"}[figure.met]
+        verdict = {True: "met", False: "MISSED", None: "inconclusive"}[figure.met]
+        if figure.value is None:
+            verdict = "not measured"
         detail = figure.reason or f"{figure.measured} vs {figure.baseline}"
         print(f"{figure.key:24} {figure.value!s:>10}  target {figure.target}  {verdict}: {detail}")
     print(f"bench: results in {results}" + (f", tables in {markdown}" if markdown else ""))

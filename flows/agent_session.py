@@ -116,10 +116,22 @@ def _warned(transcript: SessionTranscript, setting: str) -> bool:
     return any(setting in warning for warning in transcript.warnings)
 
 
-def _end_session(client: Any, request: dict[str, Any], settings: BedrockTasksSettings) -> None:
-    response, _ = call_with_retry(lambda: client.invoke_agent(**request), settings)
-    for _event in response["completion"]:
-        pass
+def _end_session(
+    request: dict[str, Any],
+    settings: BedrockTasksSettings,
+    region: str | None,
+    endpoint_url: str | None,
+    credentials_block: str | None,
+) -> None:
+    client = make_client(
+        region=region, endpoint_url=endpoint_url, credentials_block=credentials_block
+    )
+    try:
+        response, _ = call_with_retry(lambda: client.invoke_agent(**request), settings)
+        for _event in response["completion"]:
+            pass
+    finally:
+        client.close()
 
 
 @task(name="end_agent_session", cache_policy=NO_CACHE, persist_result=False)
@@ -149,18 +161,15 @@ async def end_agent_session(
     }
     if memory_id:
         request["memoryId"] = memory_id
-    client = make_client(
-        region=region, endpoint_url=endpoint_url, credentials_block=aws_credentials_block
-    )
     try:
-        await asyncio.to_thread(_end_session, client, request, settings)
+        await asyncio.to_thread(
+            _end_session, request, settings, region, endpoint_url, aws_credentials_block
+        )
     except Exception as exc:
         get_run_logger().warning(
             "could not end session %s: %s", session_id, describe_aws_error(exc)
         )
         return False
-    finally:
-        client.close()
     return True
 
 

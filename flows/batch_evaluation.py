@@ -7,6 +7,7 @@ its score. Results stream to a JSONL file; the summary goes to Prefect artifacts
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -43,7 +44,7 @@ from nexus_bedrock_tasks.evaluation.progress import report_progress
 from nexus_bedrock_tasks.evaluation.report import EvalSummary, RunStats
 from nexus_bedrock_tasks.evaluation.results import CaseResult, ResultsWriter
 from nexus_bedrock_tasks.evaluation.scorers import scorer_names
-from nexus_bedrock_tasks.evaluation.sharding import run_shards
+from nexus_bedrock_tasks.evaluation.sharding import check_deployment, run_shards
 from nexus_bedrock_tasks.exceptions import ConfigError
 from nexus_bedrock_tasks.hooks import never_raise
 from nexus_bedrock_tasks.settings import BedrockTasksSettings, NexusSettings
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 # Prefect logs two INFO lines per task run; thousands of cases would spend a sixth of
 # the run's CPU printing and shipping them. Warnings and errors still show.
 _TASK_RUN_LOGGER = "prefect.task_runs"
+FLOW_NAME = "batch-evaluation"
 
 
 def _eval_run_id(flow_run: Any) -> str:
@@ -90,6 +92,15 @@ def _check(concurrency: int, shards: int, min_pass_rate: float | None, threshold
             raise ConfigError(f"{name} {value} must be between 0 and 1 (0.9 means 90%)")
 
 
+def _default_results_path(run_id: str, given_id: str | None, flow_run: Any) -> Path:
+    """``<eval_results_dir>/<eval_run_id>.jsonl``; the shards of one run (which share its
+    id) add their own flow run id."""
+    name = run_id
+    if given_id and flow_run is not None:
+        name = f"{run_id}-{flow_run.id.hex[:12]}"
+    return BedrockTasksSettings().eval_results_dir / f"{name}.jsonl"
+
+
 def _with_defaults(case: EvalCase, max_latency_s: float | None, max_tokens: int | None) -> EvalCase:
     update: dict[str, Any] = {}
     if case.max_latency_s is None and max_latency_s is not None:
@@ -108,16 +119,16 @@ async def _run_locally(
     dask: tuple[str | None, int | None],
 ) -> AsyncIterator[CaseResult]:
     runner = make_task_runner(runner_name, concurrency, *dask)
-    client = (
-        None
-        if runner_name == "dask"
-        else make_client(
+    client = None
+    if runner_name != "dask":
+        # In a thread: loading a credentials block from async code would return a coroutine.
+        client = await asyncio.to_thread(
+            make_client,
             region=config.region,
             endpoint_url=config.endpoint_url,
             credentials_block=config.aws_credentials_block,
             max_pool_connections=concurrency + 2,
         )
-    )
     items = (
         item if isinstance(item, BadLine) else _with_defaults(item, *limits) for item in dataset
     )
@@ -148,11 +159,12 @@ async def _run_locally(
         async for result in bounded(items, run, concurrency):
             yield result
         if runner_name == "dask":
-            runner.client.run(flush_worker_exporter, BedrockTasksSettings().flush_timeout_s)
+            timeout = BedrockTasksSettings().flush_timeout_s
+            await asyncio.to_thread(runner.client.run, flush_worker_exporter, timeout)
 
 
 @flow(
-    name="batch-evaluation",
+    name=FLOW_NAME,
     persist_result=True,
     on_failure=[_end_case_traces],
     on_crashed=[_end_case_traces],
@@ -226,11 +238,10 @@ async def batch_evaluation(
         raise ConfigError("eval_run_id is required when the flow runs outside Prefect")
     if tools_module:
         ensure_tools(tools_module, run_id)
-    settings = BedrockTasksSettings()
-    results_path = Path(out) if out else settings.eval_results_dir / f"{run_id}.jsonl"
+    results_path = Path(out) if out else _default_results_path(run_id, eval_run_id, flow_run)
     metadata: dict[str, Any] = {}
     if flow_run is not None:
-        metadata = {"flow_run_id": str(flow_run.id), "flow_name": "batch-evaluation"}
+        metadata = {"flow_run_id": str(flow_run.id), "flow_name": FLOW_NAME}
         if flow_run.deployment_id:
             metadata["deployment"] = str(flow_run.deployment_id)
     nexus = NexusSettings()
@@ -251,6 +262,7 @@ async def batch_evaluation(
         pool_size=concurrency + 2,
     )
     if fan_out_deployment:
+        await check_deployment(fan_out_deployment)
         shard_parameters = {
             "agent_id": agent_id,
             "agent_alias_id": agent_alias_id,

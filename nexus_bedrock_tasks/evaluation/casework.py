@@ -248,9 +248,8 @@ async def run_case(case: EvalCase, config: CaseRunConfig, client: Any | None = N
     token = current_trace.set(key)
     started = time.monotonic()
     try:
-        results, error = await _run_turns(
-            case, config, key, session_id, client or shared_client(config)
-        )
+        client = client or await asyncio.to_thread(shared_client, config)
+        results, error = await _run_turns(case, config, key, session_id, client)
     except BaseException:
         current_trace.reset(token)
         tracer.end(key, status=semconv.TRACE_ERROR, metadata={META_PASSED: False})

@@ -93,6 +93,10 @@ def make_task_runner(
                 "threads_per_worker": threads,
                 "processes": True,
                 "dashboard_address": None,
+                # Dask's sampling profiler walks every thread's stack every 10 ms; with a
+                # dozen threads running cases it starves the worker's event loop until the
+                # scheduler drops the worker (measured: a 300-case run hung after ~100).
+                "config": {"distributed.worker.profile.enabled": False},
             }
         )
     raise ConfigError(f"unknown task runner {name!r}: use one of {', '.join(TASK_RUNNERS)}")

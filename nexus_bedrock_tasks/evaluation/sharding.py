@@ -15,15 +15,35 @@ import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+from prefect.client.orchestration import get_client
 from prefect.deployments import arun_deployment
+from prefect.exceptions import ObjectNotFound
 
 from nexus_bedrock_tasks.evaluation.cases import EvalCase
 from nexus_bedrock_tasks.evaluation.casework import bad_line_result
 from nexus_bedrock_tasks.evaluation.dataset import BadLine
 from nexus_bedrock_tasks.evaluation.results import CaseResult
+from nexus_bedrock_tasks.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
 POLL_INTERVAL_S = 2.0
+
+
+async def check_deployment(name: str) -> None:
+    """Fail before anything runs when the fan-out deployment does not exist.
+
+    Raises:
+        ConfigError: naming the deployment and how to create it.
+    """
+    async with get_client() as client:
+        try:
+            await client.read_deployment_by_name(name)
+        except ObjectNotFound as exc:
+            raise ConfigError(
+                f"fan-out deployment {name!r} not found on {client.api_url}: deploy it "
+                "(`prefect deploy --all` with prefect.yaml) and point PREFECT_API_URL at "
+                "that server"
+            ) from exc
 
 
 def split(

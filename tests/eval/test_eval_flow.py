@@ -17,9 +17,12 @@ import pytest
 
 from flows.batch_evaluation import _end_case_traces, batch_evaluation
 from nexus_bedrock_tasks.evaluation.casework import _track
+from nexus_bedrock_tasks.evaluation.dataset import Dataset
 from nexus_bedrock_tasks.evaluation.errors import PassRateBelowMinimum
 from nexus_bedrock_tasks.evaluation.report import EvalSummary
 from nexus_bedrock_tasks.evaluation.results import CaseResult, read_results
+from nexus_bedrock_tasks.evaluation.sharding import split
+from nexus_bedrock_tasks.exceptions import ConfigError
 from nexus_bedrock_tasks.local.bedrock.testing import set_session_faults
 from nexus_bedrock_tasks.semconv import SUMMARY_FIELDS
 from nexus_bedrock_tasks.tracing import get_tracer
@@ -270,3 +273,17 @@ def _emulator_url() -> str:
     import os
 
     return os.environ["AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME"]
+
+
+def test_fan_out_to_a_missing_deployment_fails_before_any_case(stack: Traced) -> None:
+    cases = [{"id": "a", "prompt": "Hi"}]
+    with pytest.raises(ConfigError, match="fan-out deployment 'batch-evaluation/nope' not found"):
+        stack.loop.run(batch_evaluation(cases, **DEMO, fan_out_deployment="batch-evaluation/nope"))
+
+
+def test_shards_are_dealt_round_robin_with_bad_lines_kept_apart() -> None:
+    items = list(Dataset([{"id": str(n), "prompt": "p"} for n in range(5)] + [{"id": "x"}]))
+    shards, bad = split(items, 2)
+    assert [[case["id"] for case in shard] for shard in shards] == [["0", "2", "4"], ["1", "3"]]
+    assert [line.result_id for line in bad] == ["<dataset list>:6"]
+    assert split(items[:1], 3)[0] == [[{"id": "0", "prompt": "p"}]]  # no empty shards

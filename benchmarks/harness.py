@@ -10,6 +10,8 @@ slow-Nexus figure). The smoke test runs the same benchmark code against in-proce
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import os
 import shutil
 import socket
@@ -66,21 +68,49 @@ class Services:
 class LoopThread:
     """One event loop in a thread for every flow of the run, as a long-lived program has.
 
-    Prefect keeps API clients per event loop; a fresh `asyncio.run` per flow would also
-    measure Prefect's per-loop setup, which a long-lived caller pays once.
+    A long-lived program also opens Prefect's API clients once
+    (`nexus_bedrock_tasks.reuse_prefect_clients`, see README): `share_prefect_clients`
+    does that, and every later `run` starts inside that client context. Without it,
+    Prefect builds two HTTP clients per top-level flow run.
     """
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
+        self._context: contextvars.Context | None = None
+        self._keeper: concurrent.futures.Future[None] | None = None
+        self._stop: asyncio.Event | None = None
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 600) -> T:
-        """Run `coro` on the loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+    def share_prefect_clients(self) -> None:
+        """Open Prefect's clients once; later runs use them (`reuse_prefect_clients`)."""
+        from nexus_bedrock_tasks import reuse_prefect_clients
+
+        ready: concurrent.futures.Future[contextvars.Context] = concurrent.futures.Future()
+
+        async def keep_open() -> None:
+            self._stop = asyncio.Event()
+            async with reuse_prefect_clients():
+                ready.set_result(contextvars.copy_context())
+                await self._stop.wait()
+
+        self._keeper = asyncio.run_coroutine_threadsafe(keep_open(), self.loop)
+        self._context = ready.result(60)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 600, shared: bool = True) -> T:
+        """Run `coro` on the loop and wait for it; in the shared client context, if any,
+        unless `shared` is False."""
+        if self._context is None or not shared:
+            return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        # The task copies the context current where it is created: this fresh copy.
+        future = self._context.copy().run(asyncio.run_coroutine_threadsafe, coro, self.loop)
+        return future.result(timeout)
 
     def close(self) -> None:
-        """Cancel what is left, stop the loop and join its thread."""
+        """Close the shared clients, cancel what is left, stop the loop and join its thread."""
+        if self._keeper is not None and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+            self._keeper.result(30)
 
         async def drain() -> None:
             pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]

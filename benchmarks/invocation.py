@@ -119,12 +119,13 @@ class Invoker:
             pass
         return Measure(time.perf_counter() - started, time.process_time() - cpu)
 
-    def flow(self, variant: str, settle: bool = True) -> Measure:
+    def flow(self, variant: str, settle: bool = True, shared_clients: bool = True) -> Measure:
         """One run of the invocation flow with the tracer `variant`.
 
         With `settle`, the exporter then delivers everything before this returns: the CPU
         figure includes the delivery, and the next run starts with an empty outbox. The
-        wall-clock figure is the flow run alone.
+        wall-clock figure is the flow run alone. Without `shared_clients` the run makes
+        its own Prefect API clients, as a flow called outside `reuse_prefect_clients` does.
         """
         from flows.invoke_agent import invoke_agent_flow
         from nexus_bedrock_tasks.tracing import set_tracer
@@ -140,7 +141,8 @@ class Invoker:
                     prompt=PROMPT,
                     session_id=session_id,
                     endpoint_url=self.services.bedrock_url,
-                )
+                ),
+                shared=shared_clients,
             )
             elapsed = time.perf_counter() - started
             if settle:
@@ -220,6 +222,7 @@ def invocation_figures(invoker: Invoker, only: set[str]) -> list[Figure]:
                 "plain": invoker.plain,
                 "traced": lambda: invoker.flow("traced"),
                 "untraced": lambda: invoker.flow("untraced"),
+                "traced_own_clients": lambda: invoker.flow("traced", shared_clients=False),
                 "empty_flow": invoker.empty_flow,
                 "make_client": invoker.make_client,
             },
@@ -253,6 +256,8 @@ def overhead_figure(samples: dict[str, list[Measure]], sizes: Sizes) -> Figure:
             "step_latency_ms": sizes.step_latency_ms,
             "traced_flow_s": describe(walls(samples["traced"])),
             "untraced_flow_s": describe(walls(samples["untraced"])),
+            "prefect_clients": "opened once (`reuse_prefect_clients`), as a long-lived caller does",
+            "traced_flow_own_clients_s": describe(walls(samples["traced_own_clients"])),
             "plain_call_s": describe(walls(samples["plain"])),
             "added_s": round(traced - plain, 4),
             "prefect_empty_async_flow_s": describe(walls(samples["empty_flow"])),

@@ -69,6 +69,7 @@ def run_benchmarks(
     invocation_keys = {"overhead_ratio", "tracing_overhead_ratio", "slow_nexus_ratio"}
     if only & (invocation_keys | {"cli_overhead_s"}):
         loop = LoopThread()
+        loop.share_prefect_clients()
         invoker = Invoker(services, loop, workdir, sizes)
         try:
             figures += _timed_step("invocation", lambda: invocation_figures(invoker, only), log)

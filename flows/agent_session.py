@@ -11,7 +11,7 @@ from prefect.context import FlowRunContext
 from pydantic import BaseModel, Field
 
 from flows.invoke_agent import invoke_agent_flow
-from nexus_bedrock_tasks.bedrock.client import call_with_retry, describe_aws_error, make_client
+from nexus_bedrock_tasks.bedrock.client import cached_client, call_with_retry, describe_aws_error
 from nexus_bedrock_tasks.exceptions import ConfigError, NexusBedrockError
 from nexus_bedrock_tasks.invocation import session_id_for, validate_invocation
 from nexus_bedrock_tasks.results import InvocationFailed, InvocationResult, TokenUsage
@@ -123,15 +123,12 @@ def _end_session(
     endpoint_url: str | None,
     credentials_block: str | None,
 ) -> None:
-    client = make_client(
+    client = cached_client(
         region=region, endpoint_url=endpoint_url, credentials_block=credentials_block
     )
-    try:
-        response, _ = call_with_retry(lambda: client.invoke_agent(**request), settings)
-        for _event in response["completion"]:
-            pass
-    finally:
-        client.close()
+    response, _ = call_with_retry(lambda: client.invoke_agent(**request), settings)
+    for _event in response["completion"]:
+        pass
 
 
 @task(name="end_agent_session", cache_policy=NO_CACHE, persist_result=False)

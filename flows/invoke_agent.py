@@ -6,15 +6,28 @@ from typing import Any
 
 from prefect import flow
 from prefect.context import FlowRunContext
+from pydantic import ValidationError
 
 from nexus_bedrock_tasks import hooks
+from nexus_bedrock_tasks.exceptions import ConfigError
 from nexus_bedrock_tasks.results import InvocationResult
 from nexus_bedrock_tasks.runner import InvocationParams, run_invocation
 from nexus_bedrock_tasks.tracing import current_trace, local_id
 
 
+def _parameter_error(exc: ValidationError) -> ConfigError:
+    problems = "; ".join(
+        f"parameter {'.'.join(str(part) for part in error['loc'])!r}: {error['msg']}"
+        for error in exc.errors()
+    )
+    return ConfigError(f"{problems} (see `invoke_agent_flow`'s parameters)")
+
+
 @flow(
     name="invoke-agent",
+    # Prefect would build a pydantic model of the signature on every call (~10 ms);
+    # `InvocationParams` checks the same types, naming the parameter.
+    validate_parameters=False,
     on_running=[hooks.on_flow_running],
     on_completion=[hooks.on_flow_completion],
     on_failure=[hooks.on_flow_failure],
@@ -51,24 +64,31 @@ async def invoke_agent_flow(
         >>> result = await invoke_agent_flow("DEMO000001", "TSTALIASID", "Weather in Paris?")
         >>> result.text, result.finish_reason, result.usage.total_tokens
     """
-    params = InvocationParams(
-        agent_id=agent_id,
-        agent_alias_id=agent_alias_id,
-        prompt=prompt,
-        session_id=session_id,
-        session_attributes=session_attributes,
-        prompt_session_attributes=prompt_session_attributes,
-        max_return_control_rounds=max_return_control_rounds,
-        max_total_tokens=max_total_tokens,
-        max_cost_usd=max_cost_usd,
-        enable_trace=enable_trace,
-        memory_id=memory_id,
-        end_session=end_session,
-        region=region,
-        endpoint_url=endpoint_url,
-        aws_credentials_block=aws_credentials_block,
-        tools_module=tools_module,
-    )
+    if isinstance(turn, bool) or not isinstance(turn, int) or turn < 1:
+        raise ConfigError(f"parameter 'turn': {turn!r} is not a whole number from 1")
+    if trace_metadata is not None and not isinstance(trace_metadata, dict):
+        raise ConfigError("parameter 'trace_metadata': give a mapping of names to JSON values")
+    try:
+        params = InvocationParams(
+            agent_id=agent_id,
+            agent_alias_id=agent_alias_id,
+            prompt=prompt,
+            session_id=session_id,
+            session_attributes=session_attributes,
+            prompt_session_attributes=prompt_session_attributes,
+            max_return_control_rounds=max_return_control_rounds,
+            max_total_tokens=max_total_tokens,
+            max_cost_usd=max_cost_usd,
+            enable_trace=enable_trace,
+            memory_id=memory_id,
+            end_session=end_session,
+            region=region,
+            endpoint_url=endpoint_url,
+            aws_credentials_block=aws_credentials_block,
+            tools_module=tools_module,
+        )
+    except ValidationError as exc:
+        raise _parameter_error(exc) from exc
     context = FlowRunContext.get()
     run_id = context.flow_run.id if context and context.flow_run else None
     key = local_id(run_id) if run_id is not None else None

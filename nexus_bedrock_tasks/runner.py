@@ -18,7 +18,7 @@ from prefect.input import RunInput
 from pydantic import BaseModel
 
 from nexus_bedrock_tasks import semconv
-from nexus_bedrock_tasks.bedrock.client import describe_aws_error, make_client
+from nexus_bedrock_tasks.bedrock.client import cached_client, describe_aws_error
 from nexus_bedrock_tasks.bedrock.model import AgentTurn, ReturnControlRequest
 from nexus_bedrock_tasks.bedrock.parts import return_control_request
 from nexus_bedrock_tasks.exceptions import AgentStreamError
@@ -212,9 +212,9 @@ async def run_invocation(
         p: what to invoke.
         trace: the local trace key the tasks report to (`tracing.trace_key`).
         session_seed: a UUID that derives the session id when `p.session_id` is None.
-        client: a `bedrock-agent-runtime` client to use and leave open (a batch reuses
-            its clients: creating one costs ~0.1 s of CPU); by default one is made from
-            `p.region`, `p.endpoint_url` and `p.aws_credentials_block`, and closed after.
+        client: a `bedrock-agent-runtime` client to use; by default this process's shared
+            client for `p.region`, `p.endpoint_url` and `p.aws_credentials_block`
+            (`cached_client`: making one costs ~0.1 s of CPU, so runs reuse it).
 
     Raises:
         ConfigError: bad input (checked before anything is sent).
@@ -234,10 +234,13 @@ async def run_invocation(
     if p.tools_module:
         load_tools(p.tools_module)
     session = p.session_id or session_id_for(session_seed)
-    owns_client = client is None
     if client is None:
-        client = make_client(
-            region=p.region, endpoint_url=p.endpoint_url, credentials_block=p.aws_credentials_block
+        # In a thread: loading a credentials block from async code would return a coroutine.
+        client = await asyncio.to_thread(
+            cached_client,
+            region=p.region,
+            endpoint_url=p.endpoint_url,
+            credentials_block=p.aws_credentials_block,
         )
     rounds_allowed = (
         settings.max_return_control_rounds
@@ -328,9 +331,6 @@ async def run_invocation(
     except Exception as exc:
         error = describe_aws_error(exc)
         logger.error("invocation failed: %s", error)
-    finally:
-        if owns_client:
-            client.close()
     if trace is not None:
         tracer_state = tracer.state(trace)
         if tracer_state is not None:

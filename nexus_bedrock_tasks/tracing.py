@@ -243,10 +243,12 @@ class Tracer:
         with self._lock:
             state.turns.append(turn)
         fallback = turn.started_at or utcnow()
-        for span in turn_spans(
-            turn, parent, fallback_time=fallback, include_return_control=False
-        ).spans:
-            self.exporter.add_span(state.trace.local_id, span)
+        spans = turn_spans(turn, parent, fallback_time=fallback, include_return_control=False)
+        with self._lock:
+            if state.deferred:
+                state.held.extend(spans.spans)
+                return parent
+        self.exporter.add_spans(state.trace.local_id, spans.spans)
         return parent
 
     def add_span(self, run_id: UUID | str, span: SpanRecord) -> None:
@@ -305,8 +307,7 @@ class Tracer:
             self.exporter.start_trace(
                 replace(trace, metadata={**trace.metadata, **(metadata or {})})
             )
-        for span in held:
-            self.exporter.add_span(state.trace.local_id, span)
+        self.exporter.add_spans(state.trace.local_id, held)
         for key, task in open_tasks:
             reason = f"task did not finish: the flow run ended as {status}"
             self._post_task_span(state, key, task, "error", reason, None)

@@ -28,6 +28,7 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,21 @@ class NexusExporter:
             job[1].append(delivery.span_from_payload(payload, span.local_id, span.parent_local_id))
         self._spool("span", trace_local_id, span.local_id, span.parent_local_id, payload)
 
+    def add_spans(self, trace_local_id: str, spans: Sequence[SpanRecord]) -> None:
+        """Spool several complete spans of one trace at once (one outbox transaction)."""
+        if not self.enabled or not spans:
+            return
+        items: list[tuple[str, str | None, dict[str, Any]]] = []
+        job = self._otlp_traces.get(trace_local_id)
+        for span in spans:
+            payload = delivery.span_payload(span, self._redactor, self._settings.max_payload_chars)
+            if job is not None:
+                job[1].append(
+                    delivery.span_from_payload(payload, span.local_id, span.parent_local_id)
+                )
+            items.append((span.local_id, span.parent_local_id, payload))
+        self._spool_many("span", trace_local_id, items)
+
     def end_trace(self, trace_local_id: str, status: TraceStatus, ended_at: datetime) -> None:
         """Spool the trace's final status and end time (sent after all its spans)."""
         if not self.enabled:
@@ -257,6 +273,25 @@ class NexusExporter:
             return
         with self._box.cond:
             self._box.incoming.append(op)
+            self._box.cond.notify_all()
+
+    def _spool_many(
+        self,
+        kind: OpKind,
+        trace_local_id: str,
+        items: Sequence[tuple[str, str | None, dict[str, Any]]],
+    ) -> None:
+        assert self._outbox is not None  # enabled implies an open outbox
+        if self._state == "closed":
+            self._log.warn("closed", f"Nexus export is closed; {len(items)} {kind}s not spooled")
+            return
+        try:
+            ops = self._outbox.append_many(kind, trace_local_id, items)
+        except sqlite3.Error as exc:
+            self._log.warn("spool", f"Nexus export: cannot write the outbox ({exc}); dropped")
+            return
+        with self._box.cond:
+            self._box.incoming.extend(ops)
             self._box.cond.notify_all()
 
     # -- queries -------------------------------------------------------------------------

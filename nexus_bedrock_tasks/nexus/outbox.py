@@ -166,6 +166,34 @@ class Outbox:
         assert seq is not None  # an INSERT always sets it
         return OutboxOp(seq, kind, trace_local_id, local_id, parent_local_id, payload)
 
+    def append_many(
+        self,
+        kind: OpKind,
+        trace_local_id: str,
+        items: Sequence[tuple[str, str | None, dict[str, Any]]],
+    ) -> list[OutboxOp]:
+        """Spool several operations of one trace in one transaction (a turn's spans).
+
+        Args:
+            items: (local id, parent local id, payload) of each operation, in order.
+        """
+        if not items:
+            return []
+        now = time.time()
+        ops: list[OutboxOp] = []
+        with self._transaction() as conn:
+            for local_id, parent_local_id, payload in items:
+                text = json.dumps(payload, ensure_ascii=False, default=str)
+                cursor = conn.execute(
+                    "INSERT INTO ops (kind, trace_local_id, local_id, parent_local_id, payload,"
+                    " owner, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (kind, trace_local_id, local_id, parent_local_id, text, self.owner, now),
+                )
+                seq = cursor.lastrowid
+                assert seq is not None  # an INSERT always sets it
+                ops.append(OutboxOp(seq, kind, trace_local_id, local_id, parent_local_id, payload))
+        return ops
+
     def mark_attempted(self, seqs: Sequence[int]) -> None:
         """Record that these operations are about to be sent (before the first byte goes)."""
         if seqs:

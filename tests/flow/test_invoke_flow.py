@@ -18,6 +18,7 @@ import pytest
 
 from flows.invoke_agent import invoke_agent_flow
 from nexus_bedrock_tasks import tool
+from nexus_bedrock_tasks.exceptions import ConfigError
 from nexus_bedrock_tasks.local.bedrock.testing import set_session_faults
 from nexus_bedrock_tasks.results import InvocationFailed, InvocationResult
 from nexus_bedrock_tasks.semconv import SUMMARY_FIELDS
@@ -409,3 +410,25 @@ def test_unanswered_confirmation_times_out_as_denied(
     )  # fmt: skip
     assert result.tools[0]["confirmation_state"] == "DENY"
     assert "booked:" not in result.text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"max_total_tokens": "lots"}, "parameter 'max_total_tokens'"),
+        ({"session_attributes": ["not", "a", "mapping"]}, "parameter 'session_attributes'"),
+        ({"turn": 0}, "parameter 'turn'"),
+        ({"trace_metadata": "x"}, "parameter 'trace_metadata'"),
+    ],
+)
+def test_a_wrong_parameter_type_fails_naming_the_parameter(
+    stack: Traced, kwargs: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=named):
+        stack.loop.run(invoke_agent_flow(**DEMO, prompt="Hi", **kwargs))
+
+
+def test_parameters_from_a_deployment_are_coerced_like_before(stack: Traced) -> None:
+    # `prefect deployment run --param max_total_tokens=5000` may hand over a string.
+    result = invoke(stack, **DEMO, prompt="What should I pack?", max_total_tokens="5000")
+    assert result.finish_reason == "end_turn"

@@ -364,3 +364,19 @@ def test_nexus_trace_id_waits_for_the_acknowledgement(
     assert exporter.nexus_trace_id(trace.local_id) is None
     found = exporter.nexus_trace_id(trace.local_id, timeout=5)
     assert found is not None and found in fake.traces
+
+
+def test_spans_added_together_are_delivered_once_like_single_ones(
+    fake: FakeNexus, make_exporter: MakeExporter
+) -> None:
+    exporter = make_exporter()
+    exporter.start()
+    trace, spans = make_tree("batch/")
+    exporter.start_trace(trace)
+    exporter.add_spans(trace.local_id, spans[:3])
+    exporter.add_spans(trace.local_id, [])
+    exporter.add_spans(trace.local_id, spans[3:])
+    exporter.end_trace(trace.local_id, "success", T0 + timedelta(seconds=90))
+    assert exporter.flush(10) == 0
+    assert_delivered_once(fake, trace, spans)
+    assert exporter.stats()["delivered"] == len(spans) + 2

@@ -84,3 +84,22 @@ def test_concurrent_appends_from_many_threads(outbox_path: Path) -> None:
     ops = box.own_ops()
     assert len(ops) == 800 and len({op.seq for op in ops}) == 800
     box.close()
+
+
+def test_append_many_writes_rows_in_order_in_one_go(outbox_path: Path) -> None:
+    box = Outbox(outbox_path)
+    ops = box.append_many("span", "T", [("A", None, {"n": 1}), ("B", "A", {"n": 2})])
+    assert [(op.local_id, op.parent_local_id, op.payload) for op in ops] == [
+        ("A", None, {"n": 1}),
+        ("B", "A", {"n": 2}),
+    ]
+    assert ops[0].seq < ops[1].seq
+    assert box.append_many("span", "T", []) == []
+    # What another process reads from the file: the rows were committed.
+    reader = sqlite3.connect(outbox_path)
+    try:
+        rows = reader.execute("SELECT local_id, parent_local_id FROM ops ORDER BY seq").fetchall()
+    finally:
+        reader.close()
+    assert rows == [("A", None), ("B", "A")]
+    box.close()

@@ -72,8 +72,11 @@ _BUILTIN: tuple[tuple[re.Pattern[str], _Replacement], ...] = (
 )
 
 
-# Every built-in rule needs one of these words; text without any skips the rules (most text).
-_BUILTIN_TRIGGER = re.compile(r"nxs_|AKIA|ASIA|(?i:bearer|secret|session|token|api.?key|authoriz)")
+# Every built-in rule needs one of these words; text without any skips the rules (most
+# text: a model call's JSON has "session_id" and "input_tokens", which are no trigger).
+_BUILTIN_TRIGGER = re.compile(
+    r"nxs_|AKIA|ASIA|(?i:bearer|secret|session[_-]?token|api.?key|authoriz)"
+)
 
 
 class Redactor:

@@ -99,3 +99,40 @@ def test_embedded_keys_never_survive(before: str, after: str, limit: int) -> Non
     )
     assert out is not None and len(out) <= limit
     assert "AKIAIOSFODNN7EXAMPLE" not in out and "nxs_abcdef0123456789" not in out
+
+
+_FRAGMENTS = [
+    "nxs_live_4f9a8b7c6d5e",
+    "AKIAIOSFODNN7EXAMPLE",
+    "Bearer abc.def",
+    "aws_secret_access_key=",
+    "SESSION-TOKEN: ",
+    "session_token=",
+    "sessionToken",
+    "x-api-key: ",
+    "API_KEY=",
+    "authorization: ",
+    AWS_SECRET,
+    "session_id",
+    "input_tokens",
+    '"',
+    " ",
+    "=",
+    ":",
+    "tok3n-value-1234567890",
+]
+
+
+@given(st.lists(st.sampled_from(_FRAGMENTS), max_size=8).map("".join))
+def test_the_quick_check_never_skips_a_rule_that_would_fire(text: str) -> None:
+    from nexus_bedrock_tasks.nexus.redact import _BUILTIN
+
+    every_rule = text
+    for pattern, replacement in _BUILTIN:
+        every_rule = pattern.sub(replacement, every_rule)
+    assert Redactor().redact(text) == every_rule
+
+
+def test_model_call_json_is_left_alone() -> None:
+    text = '{"session_id": "s-1", "input_tokens": 12, "output_tokens": 3, "text": "hi"}'
+    assert Redactor().redact(text) == text

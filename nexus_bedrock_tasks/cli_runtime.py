@@ -9,6 +9,7 @@ the local Nexus are used, so `make demo`'s stack serves every later command.
 from __future__ import annotations
 
 import os
+import sys
 
 import typer
 
@@ -43,8 +44,20 @@ def use_local_stack_defaults(*, verbose: bool = False) -> None:
             typer.echo(f"local stack: local Nexus {stack['NEXUS_BASE_URL']}", err=True)
 
 
+def runner_description() -> str:
+    """Which process runs this command: a child of the resident runner, or this one."""
+    # Looked up, not imported: only a child of the runner has the module loaded.
+    resident = sys.modules.get("nexus_bedrock_tasks.local.resident")
+    runner_pid = getattr(resident, "FORKED_FROM", None)
+    if runner_pid is not None:
+        return f"runner: the resident runner (pid {runner_pid}), in its child pid {os.getpid()}"
+    return f"runner: this process (pid {os.getpid()}), not the resident runner"
+
+
 def choose_flow_api(*, verbose: bool) -> str:
     """Pick the Prefect API (before Prefect is imported); quiet Prefect unless `verbose`.
+
+    With `verbose`, also say which process runs the command (`runner_description`).
 
     Returns:
         "env", "stack" or "ephemeral": where flow runs will be recorded.
@@ -55,6 +68,7 @@ def choose_flow_api(*, verbose: bool) -> str:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     mode = choose_prefect_api(verbose)
     if verbose:
+        typer.echo(runner_description(), err=True)
         api_url = os.environ.get("PREFECT_API_URL", "a temporary server")
         typer.echo(f"prefect api: {mode} ({api_url})", err=True)
     return mode

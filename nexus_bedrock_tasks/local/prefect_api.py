@@ -82,13 +82,55 @@ def running_prefect_api_url() -> str | None:
     return record.url + "/api" if record is not None else None
 
 
-def _use_api_url(url: str) -> None:
-    os.environ["PREFECT_API_URL"] = url
-    # Prefect reads its settings once, at import; refresh them if that already happened.
-    if "prefect.context" in sys.modules:
-        from prefect.context import refresh_global_settings_context
+_logging_configured_for: tuple[str, ...] | None = None
+"""The inputs Prefect's logging was last configured from here (None: only at import)."""
 
-        refresh_global_settings_context()
+
+def refresh_prefect_settings() -> None:
+    """Rebuild Prefect's settings and logging from ``os.environ``, if Prefect is loaded.
+
+    Prefect reads its settings and configures logging once, at import. A process that
+    changes ``PREFECT_*`` later (a child of the resident runner, which inherited Prefect
+    from the runner; a command whose tools module imported Prefect) rebuilds both here.
+    Logging is configured again only when its inputs changed since the last time: that
+    costs ~0.1 s, twice the settings. Free when Prefect is not imported yet.
+    """
+    global _logging_configured_for
+    if "prefect.context" not in sys.modules:
+        return
+    from prefect.context import refresh_global_settings_context
+    from prefect.logging import configuration
+
+    refresh_global_settings_context()
+    inputs = _logging_inputs()
+    if inputs == _logging_configured_for:
+        return
+    # Not incremental: handlers are built anew on the current sys.stderr and levels.
+    configuration.PROCESS_LOGGING_CONFIG.clear()
+    configuration.setup_logging()
+    _logging_configured_for = inputs
+
+
+def _logging_inputs() -> tuple[str, ...]:
+    """What Prefect's logging configuration is made of: its settings and env overrides."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    config_path = settings.logging.config_path
+    try:
+        config_stamp = str(config_path.stat().st_mtime_ns) if config_path else ""
+    except OSError:
+        config_stamp = ""
+    overrides = sorted(
+        f"{key}={value}" for key, value in os.environ.items() if key.startswith("PREFECT_LOGGING_")
+    )
+    return (
+        settings.logging.model_dump_json(),
+        config_stamp,
+        str(settings.server.logging_level),
+        str(settings.internal.logging_level),
+        *overrides,
+    )
 
 
 def choose_prefect_api(verbose: bool) -> PrefectApiChoice:
@@ -96,7 +138,8 @@ def choose_prefect_api(verbose: bool) -> PrefectApiChoice:
 
     In order: ``PREFECT_API_URL`` when set (environment or the active Prefect profile);
     the local stack's server when it answers (``PREFECT_API_URL`` is then set to it);
-    otherwise Prefect's ephemeral mode, with a one-line hint on stderr.
+    otherwise Prefect's ephemeral mode, with a one-line hint on stderr. If Prefect is
+    already imported, its settings and logging are then rebuilt from the environment.
 
     Args:
         verbose: also say on stderr which API was chosen and why.
@@ -110,6 +153,12 @@ def choose_prefect_api(verbose: bool) -> PrefectApiChoice:
         >>> choose_prefect_api(verbose=True)  # doctest: +SKIP
         'stack'
     """
+    mode = _pick_prefect_api(verbose)
+    refresh_prefect_settings()
+    return mode
+
+
+def _pick_prefect_api(verbose: bool) -> PrefectApiChoice:
     env_url = os.environ.get("PREFECT_API_URL")
     configured = (env_url, "the environment") if env_url else _profile_api_url()
     if configured is not None:
@@ -118,7 +167,7 @@ def choose_prefect_api(verbose: bool) -> PrefectApiChoice:
         return "env"
     stack_url = running_prefect_api_url()
     if stack_url is not None:
-        _use_api_url(stack_url)
+        os.environ["PREFECT_API_URL"] = stack_url
         if verbose:
             _say(f"prefect api: {stack_url} (the local stack, `nexus-bedrock local up`)")
         return "stack"

@@ -24,14 +24,15 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
+from nexus_bedrock_tasks.launcher import SOCKET_NAME, ping
 from nexus_bedrock_tasks.local.nexus.config import DEV_KEY
 from nexus_bedrock_tasks.settings import user_data_dir
 
-SERVICES: Final = ("prefect", "bedrock", "nexus")
+SERVICES: Final = ("prefect", "bedrock", "nexus", "resident")
 """The services a user asks for; ``postgres`` joins only as Prefect's database."""
 
-STOP_ORDER: Final = ("prefect", "bedrock", "nexus", "postgres")
-"""Prefect stops before its database so it closes its connections first."""
+STOP_ORDER: Final = ("resident", "prefect", "bedrock", "nexus", "postgres")
+"""The resident runner first (no new flow runs), Prefect before its database."""
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORTS: Final[Mapping[str, int]] = {
@@ -89,10 +90,10 @@ class ServiceRecord:
     """One process started by `local up`, as recorded in the state file.
 
     Attributes:
-        name: ``prefect``, ``bedrock``, ``nexus`` or ``postgres``.
+        name: ``prefect``, ``bedrock``, ``nexus``, ``resident`` or ``postgres``.
         pid: process id; also its process group, since it leads a new session.
-        host: the interface it listens on.
-        port: its TCP port.
+        host: the interface it listens on; for the resident runner, its Unix socket.
+        port: its TCP port (0 for the resident runner).
         argv: the command line it was started with.
         start_ticks: the kernel's start time of `pid` (with `argv`, its identity).
         started_at: wall-clock start, seconds since the epoch.
@@ -128,6 +129,11 @@ def stack_dir() -> Path:
 def state_path() -> Path:
     """The JSON record of every process `local up` started."""
     return stack_dir() / "state.json"
+
+
+def resident_socket_path() -> Path:
+    """The resident runner's Unix socket (where `nexus_bedrock_tasks.launcher` looks)."""
+    return stack_dir() / SOCKET_NAME
 
 
 def pid_path(name: str) -> Path:
@@ -259,7 +265,9 @@ def http_ok(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
 
 
 def is_healthy(record: ServiceRecord, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether the service answers: its health URL, or for PostgreSQL a TCP connection."""
+    """Whether the service answers: its health URL, the runner's ping, else a TCP connection."""
+    if record.name == "resident":
+        return ping(record.host, timeout) is not None
     path = HEALTH_PATHS.get(record.name)
     if path is not None:
         return http_ok(record.url + path, timeout)

@@ -29,6 +29,7 @@ from nexus_bedrock_tasks.local.prefect_api import (
     sqlite_database_url,
     wait_postgres_ready,
 )
+from nexus_bedrock_tasks.local.resident import resident_argv, runs_older_code
 from nexus_bedrock_tasks.local.stack import (
     DEFAULT_HOST,
     DEFAULT_PORTS,
@@ -47,6 +48,7 @@ from nexus_bedrock_tasks.local.stack import (
     log_path,
     log_tail,
     port_is_free,
+    resident_socket_path,
     save_records,
     split_records,
     stack_environment,
@@ -61,6 +63,7 @@ _SERVICE_TITLES: Final[Mapping[str, str]] = {
     "bedrock": "the Bedrock Agent Runtime emulator",
     "nexus": "the local Nexus",
     "postgres": "Prefect's PostgreSQL (with --postgres)",
+    "resident": "the resident runner (pre-imported flow commands)",
 }
 PORT_OPTIONS: Final[Mapping[str, str]] = {
     name: f"--{name}-port" for name in ("prefect", "bedrock", "nexus", "postgres")
@@ -104,6 +107,8 @@ class UpOutcome:
 
 
 def _service_argv(name: str, plan: StackPlan) -> list[str]:
+    if name == "resident":
+        return resident_argv(str(resident_socket_path()))
     if name == "prefect":
         return prefect_server_argv(plan.host, plan.ports[name])
     argv = [sys.executable, "-m", "nexus_bedrock_tasks.cli", "local", name]
@@ -116,6 +121,8 @@ def _service_argv(name: str, plan: StackPlan) -> list[str]:
 def _check_ports(names: Sequence[str], plan: StackPlan) -> None:
     claimed: dict[int, str] = {}
     for name in names:
+        if name not in plan.ports:
+            continue  # the resident runner listens on a Unix socket
         port = plan.ports[name]
         if port in claimed:
             raise StackError(
@@ -153,8 +160,17 @@ def _start_postgres(cluster: PostgresCluster, plan: StackPlan) -> ServiceRecord:
     )
 
 
-def _start_http_service(name: str, plan: StackPlan, database_url: str | None) -> ServiceRecord:
-    """Start Prefect (on `database_url`, default SQLite), the emulator or the local Nexus."""
+def _start_named_service(name: str, plan: StackPlan, database_url: str | None) -> ServiceRecord:
+    """Start Prefect (on `database_url`, default SQLite), the emulator, the local Nexus, or
+    the resident runner (which takes each caller's environment; its own matters little)."""
+    if name == "resident":
+        # The environment of a non-verbose flow command: what Prefect then configures at
+        # import is what most children need (see `resident.preload`).
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+        env.update({"PYTHONUNBUFFERED": "1", "PREFECT_LOGGING_LEVEL": "WARNING"})
+        return start_service(
+            name, _service_argv(name, plan), host=str(resident_socket_path()), port=0, env=env
+        )
     if name != "prefect":
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         return start_service(
@@ -184,6 +200,12 @@ def bring_up(plan: StackPlan) -> UpOutcome:
     """
     with stack_lock():
         live, stale = split_records(load_records())
+        resident = live.get("resident")
+        if resident is not None and runs_older_code(resident.host):
+            # It imported older code: launchers would refuse it; start it anew.
+            stop_service(resident)
+            del live["resident"]
+            stale["resident"] = resident
         if stale:
             save_records(live)
         prefect = live.get("prefect")
@@ -209,7 +231,7 @@ def bring_up(plan: StackPlan) -> UpOutcome:
             database_url = cluster.connection_url(live["postgres"].port)
         for name in to_start:
             if name != "postgres":
-                live[name] = _start_http_service(name, plan, database_url)
+                live[name] = _start_named_service(name, plan, database_url)
                 save_records(live)
         outcome = UpOutcome(records={name: live[name] for name in plan.services})
         failed = _wait_healthy(list(outcome.records.values()), plan.timeout)
@@ -250,6 +272,8 @@ def status_report(records: Mapping[str, ServiceRecord]) -> dict[str, dict[str, A
 
 
 def _service_url(record: ServiceRecord) -> str:
+    if record.name == "resident":
+        return f"unix:{record.host}"
     if record.name == "prefect":
         return record.url + "/api"
     if record.name == "postgres":

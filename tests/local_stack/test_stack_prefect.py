@@ -75,7 +75,7 @@ def test_up_runs_flows_on_the_stack_reuses_it_and_down_stops_it(local_cli: CliRu
     started = time.monotonic()
     again = local_cli("up", *options)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("reused") == 3 and "started" not in again.stdout
+    assert again.stdout.count("reused") == 4 and "started" not in again.stdout
     assert time.monotonic() - started < 10
 
     records = load_records()

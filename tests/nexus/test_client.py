@@ -248,3 +248,22 @@ def test_client_without_key_sends_no_authorization(fake: FakeNexus) -> None:
     with NexusClient(NexusSettings(base_url=BASE_URL), transport=fake.transport()) as client:
         with pytest.raises(NexusAuthError):
             client.list_traces()
+
+
+@pytest.mark.parametrize(
+    ("base_url", "verified"), [("https://nexus.example", True), ("http://127.0.0.1:8765", False)]
+)
+def test_https_is_always_verified_and_plain_http_loads_no_ca_bundle(
+    base_url: str, verified: bool
+) -> None:
+    import ssl
+
+    from nexus_bedrock_tasks.nexus.redact import Redactor
+    from nexus_bedrock_tasks.nexus.wire import NexusWire
+
+    wire = NexusWire(
+        NexusSettings(base_url=base_url, api_key="nxs_test_key_123"), base_url, None, Redactor()
+    )
+    context = wire._http._transport._pool._ssl_context  # type: ignore[attr-defined]
+    assert (context.verify_mode == ssl.CERT_REQUIRED) is verified
+    assert context.check_hostname is verified

@@ -3,8 +3,10 @@
 Its own process, so that its peak RSS is the evaluation's and nothing else's. Writes a
 JSONL dataset of `--cases` copies of the benchmark case (each in its own Bedrock session,
 every step of which takes `--step-latency-ms`), measures the plain per-case latency of
-the same call (the baseline), runs `flows.batch_evaluation.batch_evaluation` traced into
-the given local Nexus, and prints one JSON line.
+the same call (the baseline) and how many plain calls per second this machine serves at
+the same concurrency (the ceiling: the emulator and the client share its cores with the
+flow), runs `flows.batch_evaluation.batch_evaluation` traced into the given local Nexus,
+and prints one JSON line.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from benchmarks.figures import AGENT_ALIAS_ID, AGENT_ID, PROMPT
 from benchmarks.harness import Knobs, Services, median, plain_client
 
 BASELINE_CALLS = 5
+CEILING_ROUNDS = 10
 
 
 def write_dataset(path: Path, cases: int, knobs: Knobs, step_latency_ms: float) -> None:
@@ -37,25 +41,59 @@ def write_dataset(path: Path, cases: int, knobs: Knobs, step_latency_ms: float) 
             out.write(json.dumps(case) + "\n")
 
 
+def _plain_call(client: Any, session_id: str) -> float:
+    """Seconds of one plain invoke + drain of the benchmark case."""
+    started = time.perf_counter()
+    response = client.invoke_agent(
+        agentId=AGENT_ID,
+        agentAliasId=AGENT_ALIAS_ID,
+        sessionId=session_id,
+        inputText=PROMPT,
+        enableTrace=True,
+    )
+    for _ in response["completion"]:
+        pass
+    return time.perf_counter() - started
+
+
 def plain_latency(services: Services, knobs: Knobs, step_latency_ms: float) -> list[float]:
-    """Seconds of a few plain invoke + drain calls of the benchmark case."""
+    """Seconds of a few plain invoke + drain calls of the benchmark case, one at a time."""
     client = plain_client(services.bedrock_url)
-    samples = []
-    for _ in range(BASELINE_CALLS):
-        session_id = knobs.new_session(step_latency_ms)
-        started = time.perf_counter()
-        response = client.invoke_agent(
-            agentId=AGENT_ID,
-            agentAliasId=AGENT_ALIAS_ID,
-            sessionId=session_id,
-            inputText=PROMPT,
-            enableTrace=True,
-        )
-        for _ in response["completion"]:
-            pass
-        samples.append(time.perf_counter() - started)
+    samples = [
+        _plain_call(client, knobs.new_session(step_latency_ms)) for _ in range(BASELINE_CALLS)
+    ]
     client.close()
     return samples
+
+
+def plain_throughput(
+    services: Services, knobs: Knobs, cases: int, concurrency: int, step_latency_ms: float
+) -> dict[str, float]:
+    """Plain calls per second at `concurrency` (threads sharing one client): the most any
+    evaluation can reach on this machine, whose cores also run the emulator."""
+    import boto3
+    from botocore.config import Config
+
+    calls = max(1, min(cases, CEILING_ROUNDS * concurrency))
+    sessions = [knobs.new_session(step_latency_ms) for _ in range(calls)]
+    client = boto3.client(
+        "bedrock-agent-runtime",
+        endpoint_url=services.bedrock_url,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        config=Config(max_pool_connections=concurrency + 2),
+    )
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        latencies = list(pool.map(lambda session: _plain_call(client, session), sessions))
+    elapsed = time.perf_counter() - started
+    client.close()
+    return {
+        "calls": calls,
+        "cases_per_s": round(calls / elapsed, 2),
+        "median_latency_s": round(median(latencies), 4),
+    }
 
 
 def peak_rss_mb() -> float:
@@ -126,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     knobs = Knobs(services)
     baseline = plain_latency(services, knobs, args.step_latency_ms)
+    ceiling = plain_throughput(services, knobs, args.cases, args.concurrency, args.step_latency_ms)
     dataset = args.workdir / "dataset.jsonl"
     write_dataset(dataset, args.cases, knobs, args.step_latency_ms)
     knobs.close()
@@ -156,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "cases_per_s": round(summary.cases / elapsed, 2),
         "plain_case_s": [round(s, 4) for s in baseline],
         "plain_case_median_s": round(median(baseline), 4),
+        "plain_concurrent": ceiling,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "rss_before_flow_mb": round(rss_before, 1),
         "rss_peak_during_flow_mb": round(sampler.peak_mb, 1),

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,12 +49,16 @@ from nexus_bedrock_tasks.evaluation.sharding import check_deployment, run_shards
 from nexus_bedrock_tasks.exceptions import ConfigError
 from nexus_bedrock_tasks.hooks import never_raise
 from nexus_bedrock_tasks.settings import BedrockTasksSettings, NexusSettings
+from nexus_bedrock_tasks.tracing import get_tracer
 
 logger = logging.getLogger(__name__)
 # Prefect logs two INFO lines per task run; thousands of cases would spend a sixth of
 # the run's CPU printing and shipping them. Warnings and errors still show.
 _TASK_RUN_LOGGER = "prefect.task_runs"
 FLOW_NAME = "batch-evaluation"
+# Results whose Nexus trace id is still unknown, held back in completion order; past this
+# many the oldest goes out without its id rather than hold more memory.
+_MAX_AWAITING_TRACE_ID = 1000
 
 
 def _eval_run_id(flow_run: Any) -> str:
@@ -110,6 +115,42 @@ def _with_defaults(case: EvalCase, max_latency_s: float | None, max_tokens: int 
     return case.model_copy(update=update) if update else case
 
 
+async def _with_trace_ids(
+    results: AsyncIterator[CaseResult], wait_s: float
+) -> AsyncIterator[CaseResult]:
+    """Add the Nexus trace id to results of cases traced by this process.
+
+    A case does not wait for Nexus to acknowledge its trace (that would hold its
+    concurrency slot); its result waits here instead, in completion order, and goes on
+    as soon as the id is known. After the last case the rest wait at most `wait_s` in
+    all; a result whose trace Nexus has not acknowledged by then keeps ``trace_id`` None.
+    """
+    tracer = get_tracer()
+    waiting: deque[CaseResult] = deque()
+
+    def with_id(result: CaseResult, timeout: float = 0.0) -> CaseResult | None:
+        trace_id = tracer.nexus_trace_id(str(result.local_trace_id), timeout)
+        return None if trace_id is None else result.model_copy(update={"trace_id": trace_id})
+
+    async for result in results:
+        if result.trace_id is None and result.local_trace_id and tracer.exporter.enabled:
+            waiting.append(result)
+        else:
+            yield result
+        while waiting:
+            ready = with_id(waiting[0])
+            if ready is None and len(waiting) <= _MAX_AWAITING_TRACE_ID:
+                break
+            yield ready or waiting[0]
+            waiting.popleft()
+    deadline = time.monotonic() + wait_s
+    while waiting:
+        head = waiting.popleft()
+        left = max(0.0, deadline - time.monotonic())
+        found: CaseResult | None = await asyncio.to_thread(with_id, head, left)
+        yield found or head
+
+
 async def _run_locally(
     dataset: Dataset,
     config: CaseRunConfig,
@@ -156,7 +197,10 @@ async def _run_locally(
             except Exception as exc:
                 return CaseResult(id=item.id, passed=False, error=f"{type(exc).__name__}: {exc}")
 
-        async for result in bounded(items, run, concurrency):
+        stream = bounded(items, run, concurrency)
+        if runner_name != "dask":  # a Dask worker's case looked its trace id up itself
+            stream = _with_trace_ids(stream, BedrockTasksSettings().trace_id_wait_s)
+        async for result in stream:
             yield result
         if runner_name == "dask":
             timeout = BedrockTasksSettings().flush_timeout_s
@@ -260,6 +304,9 @@ async def batch_evaluation(
         enable_trace=enable_trace,
         trace_metadata=metadata,
         pool_size=concurrency + 2,
+        # The exporter of a Dask worker process is not this process's: the case itself
+        # waits for its trace id there.
+        trace_id_wait_s=BedrockTasksSettings().trace_id_wait_s if task_runner == "dask" else 0,
     )
     if fan_out_deployment:
         await check_deployment(fan_out_deployment)

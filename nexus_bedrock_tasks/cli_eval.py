@@ -159,7 +159,9 @@ def eval_command(
             raise ConfigError(
                 f"--task-runner {task_runner!r}: use one of {', '.join(TASK_RUNNERS)}"
             )
-        total = Dataset(dataset).total
+        checked = Dataset(dataset)
+        checked.check()
+        total = checked.total
         names = scorer_names(scorer)
         if baseline is not None:
             Baseline(baseline)

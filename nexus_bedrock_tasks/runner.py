@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prefect.exceptions import FlowPauseTimeout
@@ -34,9 +35,10 @@ from nexus_bedrock_tasks.ledger import get_ledger
 from nexus_bedrock_tasks.nexus.records import SpanRecord, new_local_id, utcnow
 from nexus_bedrock_tasks.nexus.span_builder import return_control_output
 from nexus_bedrock_tasks.results import InvocationFailed, InvocationResult
-from nexus_bedrock_tasks.settings import BedrockTasksSettings
+from nexus_bedrock_tasks.settings import BedrockTasksSettings, task_settings
 from nexus_bedrock_tasks.summary import summarize
 from nexus_bedrock_tasks.tasks import (
+    AgentResponse,
     DrainedTurn,
     PlannedCall,
     drain_stream,
@@ -58,6 +60,33 @@ _TRANSIENT_STREAM_ERRORS = AgentStreamError.TRANSIENT_CODES | {
     "ConnectionClosedError",
     "streamDecodeError",
 }
+
+
+@dataclass(frozen=True)
+class InvocationSteps:
+    """The steps of an invocation: Prefect tasks (a task run each, `TASK_STEPS`), or their
+    plain functions (`INLINE_STEPS`) for a caller that already runs in a task of its own,
+    such as a batch evaluation's case: its steps then report to that task run."""
+
+    invoke_agent: Callable[[Any, dict[str, Any], BedrockTasksSettings], Awaitable[AgentResponse]]
+    drain_stream: Callable[[AgentResponse], Awaitable[DrainedTurn]]
+    resolve_return_control: Callable[[ReturnControlRequest, str], Awaitable[list[PlannedCall]]]
+    execute_tool: Callable[
+        [PlannedCall, str, BedrockTasksSettings, bool | None], Awaitable[ToolOutcome]
+    ]
+    finalize_trace: Callable[..., Awaitable[InvocationResult]]
+
+
+TASK_STEPS = InvocationSteps(
+    invoke_agent, drain_stream, resolve_return_control, execute_tool, finalize_trace
+)
+INLINE_STEPS = InvocationSteps(
+    invoke_agent.fn,
+    drain_stream.fn,
+    resolve_return_control.fn,
+    execute_tool.fn,
+    finalize_trace.fn,
+)
 
 
 class InvocationParams(BaseModel):
@@ -145,16 +174,16 @@ def _end_session_quietly(client: Any, request: dict[str, Any]) -> None:
 
 
 async def _invoke_and_drain(
-    client: Any, request: dict[str, Any], settings: BedrockTasksSettings
+    client: Any, request: dict[str, Any], settings: BedrockTasksSettings, steps: InvocationSteps
 ) -> tuple[list[DrainedTurn], int]:
     """One turn, re-invoked after transient in-stream errors; every attempt is returned
     (the tokens of failed attempts were spent) with the number of re-invocations."""
     attempts: list[DrainedTurn] = []
     retries = 0
     for attempt in range(settings.stream_retries + 1):
-        response = await invoke_agent(client, request, settings)
+        response = await steps.invoke_agent(client, request, settings)
         retries += response.retries
-        drained = await drain_stream(response)
+        drained = await steps.drain_stream(response)
         attempts.append(drained)
         code = drained.turn.error_code
         if code not in _TRANSIENT_STREAM_ERRORS or attempt == settings.stream_retries:
@@ -170,16 +199,17 @@ async def _answer_round(
     parent_span: str | None,
     settings: BedrockTasksSettings,
     trace: str | None,
+    steps: InvocationSteps,
 ) -> list[ToolOutcome]:
     """Run the requested tools concurrently (after confirmations) and post the round's span."""
     rc_started = utcnow()
-    plan = await resolve_return_control(request_rc, session)
+    plan = await steps.resolve_return_control(request_rc, session)
     answers = await _confirm(plan, settings.confirmation_timeout_s)
     rc_span_id = new_local_id()
     outcomes = list(
         await asyncio.gather(
             *(
-                execute_tool(planned, rc_span_id, settings, answers.get(planned.index))
+                steps.execute_tool(planned, rc_span_id, settings, answers.get(planned.index))
                 for planned in plan
             )
         )
@@ -204,7 +234,12 @@ async def _answer_round(
 
 
 async def run_invocation(
-    p: InvocationParams, *, trace: str | None, session_seed: str, client: Any | None = None
+    p: InvocationParams,
+    *,
+    trace: str | None,
+    session_seed: str,
+    client: Any | None = None,
+    steps: InvocationSteps = TASK_STEPS,
 ) -> InvocationResult:
     """Run one invocation as tasks, reporting to the trace `trace` (None: not traced).
 
@@ -215,6 +250,9 @@ async def run_invocation(
         client: a `bedrock-agent-runtime` client to use; by default this process's shared
             client for `p.region`, `p.endpoint_url` and `p.aws_credentials_block`
             (`cached_client`: making one costs ~0.1 s of CPU, so runs reuse it).
+        steps: `TASK_STEPS` (a Prefect task run per step) or `INLINE_STEPS` (plain
+            functions, inside the caller's own task run: ~4x less Prefect work per
+            invocation, for batches).
 
     Raises:
         ConfigError: bad input (checked before anything is sent).
@@ -224,7 +262,7 @@ async def run_invocation(
         >>> await run_invocation(InvocationParams(agent_id=..., ...), trace=key, session_seed=key)
     """
     started = utcnow()
-    settings = BedrockTasksSettings()
+    settings = task_settings()
     validate_invocation(
         agent_id=p.agent_id,
         agent_alias_id=p.agent_alias_id,
@@ -284,7 +322,7 @@ async def run_invocation(
                 )
                 request_rc, parent_span, pending = pending, None, None
             else:
-                drained, stream_retries = await _invoke_and_drain(client, request, settings)
+                drained, stream_retries = await _invoke_and_drain(client, request, settings, steps)
                 turns.extend(attempt.turn for attempt in drained)
                 retries += stream_retries
                 current = drained[-1].turn
@@ -309,7 +347,7 @@ async def run_invocation(
                 break
             rounds += 1
             ledger.save_pending(session, request_rc.invocation_id, return_control_event(request_rc))
-            outcomes = await _answer_round(request_rc, session, parent_span, settings, trace)
+            outcomes = await _answer_round(request_rc, session, parent_span, settings, trace, steps)
             outcomes_all.extend(outcomes)
             answered = request_rc.invocation_id
             resume_state = resume_session_state(
@@ -345,7 +383,7 @@ async def run_invocation(
         retries=retries,
         finish_reason=semconv.FINISH_ERROR if error else finish_override,
     )
-    result = await finalize_trace(
+    result = await steps.finalize_trace(
         summary,
         text=answer,
         session_id=session,

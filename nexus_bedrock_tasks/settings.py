@@ -8,6 +8,7 @@ and are read by botocore itself.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -103,3 +104,27 @@ class BedrockTasksSettings(BaseSettings):
         default_factory=lambda: user_data_dir() / "evals",
         description="Where an evaluation writes its results JSONL when given no `out`.",
     )
+
+
+_SETTINGS_INPUTS = ("XDG_DATA_HOME", "HOME")
+
+
+def task_settings() -> BedrockTasksSettings:
+    """`BedrockTasksSettings()`, made again only when the environment it reads changed.
+
+    Building settings parses the environment (~1 ms); a batch builds them per case.
+    Treat the result as read-only: it is shared.
+    """
+    key = tuple(
+        sorted(
+            (name, value)
+            for name, value in os.environ.items()
+            if name.startswith("NEXUS_BEDROCK_") or name in _SETTINGS_INPUTS
+        )
+    )
+    return _task_settings_for(key)
+
+
+@functools.lru_cache(maxsize=8)
+def _task_settings_for(_environment: tuple[tuple[str, str], ...]) -> BedrockTasksSettings:
+    return BedrockTasksSettings()

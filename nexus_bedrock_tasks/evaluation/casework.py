@@ -1,9 +1,14 @@
 """The case task of a batch evaluation: one case, its own Nexus trace, scored.
 
 A case is a task, not a flow run, so it opens its trace itself: a *deferred* trace (sent
-when it ends, so its metadata carries the score) that the nested invocation tasks report
-to through `tracing.current_trace`. Every exit path ends the trace; traces still open
-when the evaluation flow itself crashes are ended by its hooks (`end_open_case_traces`).
+when it ends, so its metadata carries the score) that the invocation's steps report to
+through `tracing.current_trace`, with the case task's own `task:evaluate_case` span. Every
+exit path ends the trace; traces still open when the evaluation flow itself crashes are
+ended by its hooks (`end_open_case_traces`).
+
+A case never waits for Nexus: its result carries the Nexus trace id only when
+`CaseRunConfig.trace_id_wait_s` asks for it (remote workers, whose traces the flow's
+process cannot look up); otherwise the flow fills the ids in as Nexus acknowledges them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from uuid import uuid4
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 from pydantic import BaseModel, Field
 
 from nexus_bedrock_tasks import semconv
@@ -31,8 +37,13 @@ from nexus_bedrock_tasks.evaluation.scorers import score_case
 from nexus_bedrock_tasks.invocation import session_id_for
 from nexus_bedrock_tasks.nexus.records import JsonValue
 from nexus_bedrock_tasks.results import InvocationFailed, InvocationResult, TokenUsage
-from nexus_bedrock_tasks.runner import InvocationParams, run_invocation
-from nexus_bedrock_tasks.settings import BedrockTasksSettings
+from nexus_bedrock_tasks.runner import (
+    INLINE_STEPS,
+    TASK_STEPS,
+    InvocationParams,
+    InvocationSteps,
+    run_invocation,
+)
 from nexus_bedrock_tasks.tools import load_tools
 from nexus_bedrock_tasks.tracing import Tracer, current_trace, describe, get_tracer
 
@@ -43,6 +54,7 @@ META_TAGS = "tags"
 META_SCORE = "score"
 META_SCORES = "scores"
 META_PASSED = "passed"
+CASE_TASK_NAME = "evaluate_case"
 
 _open_traces: dict[str, set[str]] = {}
 _open_lock = threading.Lock()
@@ -54,6 +66,9 @@ class CaseRunConfig(BaseModel):
     Attributes:
         trace_metadata: flow-level trace metadata (flow_run_id, flow_name, deployment).
         pool_size: HTTP connections of a worker process's shared Bedrock client.
+        trace_id_wait_s: how long a case waits for Nexus to acknowledge its trace so that
+            its result carries the Nexus id; 0 (the default) leaves that to the caller
+            (`CaseResult.local_trace_id` names the trace).
     """
 
     eval_run_id: str
@@ -70,6 +85,7 @@ class CaseRunConfig(BaseModel):
     enable_trace: bool = True
     trace_metadata: dict[str, JsonValue] = Field(default_factory=dict)
     pool_size: int = 10
+    trace_id_wait_s: float = 0.0
 
 
 @functools.lru_cache(maxsize=32)
@@ -151,7 +167,12 @@ def _case_metadata(case: EvalCase, config: CaseRunConfig, session_id: str) -> di
 
 
 async def _run_turns(
-    case: EvalCase, config: CaseRunConfig, key: str, session_id: str, client: Any
+    case: EvalCase,
+    config: CaseRunConfig,
+    key: str,
+    session_id: str,
+    client: Any,
+    steps: InvocationSteps,
 ) -> tuple[list[InvocationResult], str | None]:
     """Every prompt of the case in one session; stops at the first failed turn."""
     results: list[InvocationResult] = []
@@ -168,7 +189,10 @@ async def _run_turns(
             aws_credentials_block=config.aws_credentials_block,
         )
         try:
-            results.append(await run_invocation(params, trace=key, session_seed=key, client=client))
+            result = await run_invocation(
+                params, trace=key, session_seed=key, client=client, steps=steps
+            )
+            results.append(result)
         except InvocationFailed as exc:
             results.append(exc.result)
             return results, exc.result.error or "invocation failed"
@@ -216,12 +240,19 @@ def _sum_turns_in_summary(tracer: Tracer, key: str, results: Sequence[Invocation
     state.retries = sum(r.counts.get("retries", 0) for r in results)
 
 
+def _case_task_run_id() -> str | None:
+    """The id of the task run this case runs in (None when called outside a task)."""
+    context = TaskRunContext.get()
+    return None if context is None else context.task_run.id.hex
+
+
 async def run_case(case: EvalCase, config: CaseRunConfig, client: Any | None = None) -> CaseResult:
     """Run one case (all its turns in one Bedrock session) as its own Nexus trace, scored.
 
     Never raises for a failing agent or scorer: the result says what went wrong. Retries
     live below (tenacity for AWS calls); this task is not retried, so a case's trace and
-    score are produced once.
+    score are produced once. Run as the `evaluate_case` task, the trace gets that task
+    run's `task:evaluate_case` span.
 
     Args:
         case: the case.
@@ -230,7 +261,7 @@ async def run_case(case: EvalCase, config: CaseRunConfig, client: Any | None = N
 
     Example:
         >>> result = await evaluate_case(EvalCase(id="c1", prompt="Hi"), config)
-        >>> result.passed, result.scores, result.trace_id
+        >>> result.passed, result.scores, result.local_trace_id
     """
     tracer = get_tracer()
     key = uuid4().hex
@@ -245,11 +276,17 @@ async def run_case(case: EvalCase, config: CaseRunConfig, client: Any | None = N
         deferred=True,
     )
     _track(config.eval_run_id, key, True)
+    task_run_id = _case_task_run_id()
+    if task_run_id is not None:
+        tracer.task_started(key, task_run_id, CASE_TASK_NAME)
     token = current_trace.set(key)
     started = time.monotonic()
     try:
         client = client or await asyncio.to_thread(shared_client, config)
-        results, error = await _run_turns(case, config, key, session_id, client)
+        # In the case's task run the invocation's steps are plain calls reporting to it:
+        # a Prefect task run per step would cost more CPU than the step itself.
+        steps = TASK_STEPS if task_run_id is None else INLINE_STEPS
+        results, error = await _run_turns(case, config, key, session_id, client, steps)
     except BaseException:
         current_trace.reset(token)
         tracer.end(key, status=semconv.TRACE_ERROR, metadata={META_PASSED: False})
@@ -263,6 +300,13 @@ async def run_case(case: EvalCase, config: CaseRunConfig, client: Any | None = N
     card = score_case(case, outcome, config.scorers, config.score_threshold)
     passed = card.passed(outcome)
     _sum_turns_in_summary(tracer, key, results)
+    if task_run_id is not None:
+        tracer.task_output(
+            key,
+            task_run_id,
+            {"case_id": case.id, "passed": passed, "score": card.score, "error": outcome.error},
+        )
+        tracer.task_ended(key, task_run_id, status="ok")
     tracer.end(
         key,
         status=semconv.TRACE_ERROR if error else semconv.TRACE_SUCCESS,
@@ -271,8 +315,9 @@ async def run_case(case: EvalCase, config: CaseRunConfig, client: Any | None = N
     )
     tracer.forget(key)
     _track(config.eval_run_id, key, False)
-    wait_s = BedrockTasksSettings().trace_id_wait_s
-    trace_id = await asyncio.to_thread(tracer.nexus_trace_id, key, wait_s)
+    trace_id = None
+    if config.trace_id_wait_s > 0:
+        trace_id = await asyncio.to_thread(tracer.nexus_trace_id, key, config.trace_id_wait_s)
     return CaseResult(
         id=case.id,
         passed=passed,
@@ -294,4 +339,4 @@ async def run_case(case: EvalCase, config: CaseRunConfig, client: Any | None = N
 
 # The task wraps `run_case` under another name so that the function pickles by reference
 # (module.run_case) when a Dask worker receives the task.
-evaluate_case = task(name="evaluate_case", cache_policy=NO_CACHE, persist_result=False)(run_case)
+evaluate_case = task(name=CASE_TASK_NAME, cache_policy=NO_CACHE, persist_result=False)(run_case)

@@ -167,6 +167,19 @@ class Dataset:
                     )
             yield item
 
+    def check(self) -> None:
+        """Read the whole dataset once and refuse it at its first unusable line.
+
+        For the command line, which must not start an evaluation it would report half
+        failed; a flow given the same dataset reports each bad line as a failed case.
+
+        Raises:
+            DatasetError: naming the file, the line and the fix.
+        """
+        for item in self:
+            if isinstance(item, BadLine):
+                raise DatasetError(item.path, item.message, line=item.line)
+
     def _case(self, line: int, data: Any) -> EvalCase | BadLine:
         if not isinstance(data, Mapping):
             return BadLine(self.label, line, f"not a JSON object ({FORMAT_HINT})")

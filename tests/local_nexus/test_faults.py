@@ -78,7 +78,10 @@ def test_dropped_response_is_stored_but_never_answered(faulty: Api, agent: str) 
 def test_http_switchboard_sets_shows_and_clears(faulty: Api) -> None:
     settings = {"fail_next": 1, "fail_status": 502, "delay_s": 0, "unauthorized": False}
     shown = faulty.http.put("/_faults", json=settings).json()
-    assert shown == {**settings, "retry_after": None, "delay_s": 0.0, "drop_next_responses": 0}
+    assert shown == {
+        **settings, "retry_after": None, "delay_s": 0.0, "drop_next_responses": 0,
+        "flap_every": 0, "max_payload_chars": None,
+    }  # fmt: skip
     assert faulty.http.get("/api/v1/traces").status_code == 502
     assert faulty.http.get("/_faults").json()["fail_next"] == 0
     faulty.http.put("/_faults", json={"unauthorized": True})

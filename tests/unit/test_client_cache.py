@@ -66,3 +66,17 @@ def test_a_forked_child_makes_its_own_client() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "new"
+
+
+def test_task_settings_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nexus_bedrock_tasks.settings import task_settings
+
+    monkeypatch.delenv("NEXUS_BEDROCK_STREAM_RETRIES", raising=False)
+    first = task_settings()
+    assert task_settings() is first
+    monkeypatch.setenv("NEXUS_BEDROCK_STREAM_RETRIES", "5")
+    changed = task_settings()
+    assert changed is not first and changed.stream_retries == 5
+    monkeypatch.delenv("NEXUS_BEDROCK_EVAL_RESULTS_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", "/tmp/elsewhere")
+    assert str(task_settings().eval_results_dir).startswith("/tmp/elsewhere/")

@@ -91,7 +91,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from nexus_bedrock_tasks.local.bedrock.faults import FaultSpec
 from nexus_bedrock_tasks.local.bedrock.handlers import resolve_handler
@@ -394,10 +402,27 @@ def load_config(path: Path) -> EmulatorConfig:
     """Read and validate an agents file; relative knowledge-base paths are resolved against it.
 
     Raises:
-        ValueError: unreadable YAML or a schema error (pydantic's message, with the path).
+        ValueError: unreadable YAML or a schema error, in one line naming the path, the
+            place (line and column, or the field) and the fix.
     """
+    fix = "compare with deployments/agents.yaml"
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         return EmulatorConfig.model_validate(raw, context={"base_dir": path.parent})
-    except (OSError, yaml.YAMLError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the agents file: {exc.strerror}") from exc
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = " ".join(str(exc.problem or exc).split())
+        raise ValueError(f"{path}{where}: invalid YAML ({problem}): fix the syntax there") from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from exc
+    except ValidationError as exc:
+        problems = [
+            f"field {'.'.join(map(str, error['loc'])) or '<top>'}: {error['msg']}"
+            for error in exc.errors()
+        ]
+        raise ValueError(f"{path}: {'; '.join(problems)}: {fix}") from exc
+    except ValueError as exc:
+        raise ValueError(f"{path}: {' '.join(str(exc).split())}: {fix}") from exc

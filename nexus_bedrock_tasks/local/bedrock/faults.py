@@ -17,9 +17,12 @@ block in the YAML file. Fields (YAML/JSON key, request header, effect):
   ``internalServerException``; any exception member of ``ResponseStream``).
 - ``drop_after`` / ``x-emulator-drop-after``: after K events, abort the connection without
   ending the chunked HTTP body.
-- ``stream_faults_first`` / ``x-emulator-stream-faults-first``: ``stream_error_after`` and
-  ``drop_after`` hit only the first N streamed calls of a session (then calls succeed:
-  a client that re-invokes recovers).
+- ``stall_after`` / ``x-emulator-stall-after`` and ``stall_ms`` / ``x-emulator-stall-ms``:
+  after K events, send nothing for that many ms (then the rest of the stream), as a
+  connection that goes quiet longer than a client's read timeout.
+- ``stream_faults_first`` / ``x-emulator-stream-faults-first``: ``stream_error_after``,
+  ``drop_after`` and ``stall_after`` hit only the first N streamed calls of a session
+  (then calls succeed: a client that re-invokes recovers).
 - ``trickle_bytes`` / ``x-emulator-trickle-bytes`` and ``trickle_delay_ms`` /
   ``x-emulator-trickle-delay-ms``: write every message in pieces of that many bytes, that
   many ms apart.
@@ -78,6 +81,8 @@ class FaultSpec(BaseModel):
     stream_faults_first: int | None = Field(default=None, ge=0)
     trickle_bytes: int = Field(default=0, ge=0)
     trickle_delay_ms: float = Field(default=0, ge=0)
+    stall_after: int | None = Field(default=None, ge=0)
+    stall_ms: float = Field(default=0, ge=0)
 
     @field_validator("error_status")
     @classmethod
@@ -90,7 +95,9 @@ class FaultSpec(BaseModel):
         """The faults of a session's `number`-th call that got a stream (1-based)."""
         if self.stream_faults_first is None or number <= self.stream_faults_first:
             return self
-        return self.model_copy(update={"stream_error_after": None, "drop_after": None})
+        return self.model_copy(
+            update={"stream_error_after": None, "drop_after": None, "stall_after": None}
+        )
 
     def overridden_by(self, other: FaultSpec) -> FaultSpec:
         """This spec with every field that `other` sets explicitly replaced."""
@@ -184,6 +191,8 @@ async def apply_stream_faults(
         async for message in messages:
             if _due(faults.drop_after, sent) or _due(faults.stream_error_after, sent):
                 break
+            if faults.stall_after is not None and sent == faults.stall_after:
+                await asyncio.sleep(faults.stall_ms / 1000)
             async for piece in _trickle(message, faults):
                 yield piece
             sent += 1

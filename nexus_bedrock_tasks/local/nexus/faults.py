@@ -9,10 +9,13 @@ key, `GET|PUT|DELETE /_faults` (for a server in another process)::
     nexus.faults.delay_s = 0.5                 # every answer waits 0.5 s (after storing)
     nexus.faults.drop_next_responses(1)        # store, then close the connection unanswered
     nexus.faults.unauthorized = True           # every API request: 401 Invalid API key
+    nexus.faults.flap_every = 3                # every 3rd API request: 503, nothing stored
+    nexus.faults.max_payload_chars = 3000      # a span whose input/output/error is longer: 400
     nexus.faults.clear()
 
     PUT /_faults {"fail_next": 3, "fail_status": 503, "retry_after": null, "delay_s": 0,
-                  "drop_next_responses": 0, "unauthorized": false}
+                  "drop_next_responses": 0, "unauthorized": false, "flap_every": 0,
+                  "max_payload_chars": null}
                   (sets every knob; a missing key takes the default shown)
 
 Faults touch only the API (`/api/...`, `/v1/...`); the web page, `/health` and `/_faults`
@@ -24,6 +27,7 @@ although the request was stored, which is what a reset after a commit looks like
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from typing import Final
 
@@ -50,6 +54,8 @@ class FaultSettings(BaseModel):
     delay_s: float = Field(default=0.0, ge=0)
     drop_next_responses: int = Field(default=0, ge=0)
     unauthorized: bool = False
+    flap_every: int = Field(default=0, ge=0)
+    max_payload_chars: int | None = Field(default=None, ge=1)
 
 
 class FaultInjector:
@@ -58,11 +64,16 @@ class FaultInjector:
     Attributes:
         delay_s: seconds every API answer waits, after the request was handled.
         unauthorized: answer every API request with 401, as if the key were revoked.
+        flap_every: answer every Nth API request with 503 (0: never), as a flapping
+            load balancer does; counted over every API request since the knob was set.
+        max_payload_chars: refuse a span whose `input`, `output` or `error` text is longer
+            with `400 {"error": "Validation failed", "fields": {...}}` (None: no limit).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._settings = FaultSettings()
+        self._requests = 0
 
     @property
     def delay_s(self) -> float:
@@ -81,6 +92,25 @@ class FaultInjector:
     def unauthorized(self, value: bool) -> None:
         with self._lock:
             self._settings.unauthorized = value
+
+    @property
+    def flap_every(self) -> int:
+        return self._settings.flap_every
+
+    @flap_every.setter
+    def flap_every(self, every: int) -> None:
+        with self._lock:
+            self._settings.flap_every = every
+            self._requests = 0
+
+    @property
+    def max_payload_chars(self) -> int | None:
+        return self._settings.max_payload_chars
+
+    @max_payload_chars.setter
+    def max_payload_chars(self, limit: int | None) -> None:
+        with self._lock:
+            self._settings.max_payload_chars = limit
 
     def fail_next(self, count: int, status: int = 503, retry_after: float | None = None) -> None:
         """Answer the next `count` API requests with `status` without handling them.
@@ -104,6 +134,7 @@ class FaultInjector:
         """Replace every knob at once."""
         with self._lock:
             self._settings = settings.model_copy()
+            self._requests = 0
 
     def clear(self) -> None:
         """Back to normal service."""
@@ -117,6 +148,10 @@ class FaultInjector:
     def take_failure(self) -> tuple[int, float | None] | None:
         """Consume one planned failure: `(status, retry_after)`, or `None`."""
         with self._lock:
+            self._requests += 1
+            every = self._settings.flap_every
+            if every and self._requests % every == 0:
+                return 503, None
             if self._settings.fail_next <= 0:
                 return None
             self._settings.fail_next -= 1
@@ -152,6 +187,19 @@ class FaultMiddleware:
             body = {"error": f"Injected fault: HTTP {status}"}
             await JSONResponse(body, status_code=status, headers=headers)(scope, receive, send)
             return
+        limit = self.faults.max_payload_chars
+        if (
+            limit is not None
+            and scope["method"] == "POST"
+            and str(scope["path"]).endswith("/spans")
+        ):
+            raw = await _read_body(receive)
+            too_long = _oversized_fields(raw, limit)
+            if too_long:
+                answer = {"error": "Validation failed", "fields": too_long}
+                await JSONResponse(answer, status_code=400)(scope, receive, send)
+                return
+            receive = _replay(raw)
         drop, delay_s = self.faults.take_drop(), self.faults.delay_s
 
         async def send_faulty(message: Message) -> None:
@@ -163,6 +211,49 @@ class FaultMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_faulty)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Receive:
+    """A `receive` that hands the already read body to the app once."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def _oversized_fields(body: bytes, limit: int) -> dict[str, str]:
+    """`{field: message}` for each span payload field longer than `limit` characters."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return {}
+    if not isinstance(parsed, dict):
+        return {}
+    fields: dict[str, str] = {}
+    for key in ("input", "output", "error"):
+        value = parsed.get(key)
+        text = value if isinstance(value, str) or value is None else json.dumps(value)
+        if text is not None and len(text) > limit:
+            fields[key] = f"Too long: {len(text)} characters, at most {limit}"
+    return fields
 
 
 def build_faults_router(faults: FaultInjector, keys: KeyCheck) -> APIRouter:

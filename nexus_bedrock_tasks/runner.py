@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from botocore.exceptions import ClientError
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
@@ -87,6 +88,12 @@ INLINE_STEPS = InvocationSteps(
     execute_tool.fn,
     finalize_trace.fn,
 )
+
+
+def _refused(exc: ClientError) -> bool:
+    """Bedrock rejected the request itself (not a transient failure worth retrying)."""
+    code = exc.response.get("Error", {}).get("Code", "")
+    return code in {"ValidationException", "ResourceNotFoundException", "ConflictException"}
 
 
 class InvocationParams(BaseModel):
@@ -310,6 +317,10 @@ async def run_invocation(
     stored = ledger.pending(session)
     pending = return_control_request(stored) if stored else None
     answered: str | None = None
+    # Set while the answer to an earlier run's round is on its way: if Bedrock refuses it
+    # (the session expired, or someone else answered), the prompt is sent instead.
+    earlier_round: str | None = None
+    prompt_request = request
     try:
         rounds = 0
         while True:
@@ -321,8 +332,26 @@ async def run_invocation(
                     pending.invocation_id,
                 )
                 request_rc, parent_span, pending = pending, None, None
+                earlier_round = request_rc.invocation_id
             else:
-                drained, stream_retries = await _invoke_and_drain(client, request, settings, steps)
+                try:
+                    drained, stream_retries = await _invoke_and_drain(
+                        client, request, settings, steps
+                    )
+                except ClientError as exc:
+                    if earlier_round is None or not _refused(exc):
+                        raise
+                    logger.warning(
+                        "Bedrock refused the answer to returnControl %s of an earlier run "
+                        "(%s): dropping it and sending this run's prompt",
+                        earlier_round,
+                        describe_aws_error(exc),
+                    )
+                    ledger.clear_pending(session, earlier_round)
+                    earlier_round = answered = None
+                    request, rounds = prompt_request, 0
+                    continue
+                earlier_round = None
                 turns.extend(attempt.turn for attempt in drained)
                 retries += stream_retries
                 current = drained[-1].turn

@@ -9,6 +9,7 @@ stream passes between tasks in memory (`persist_result=False`).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,7 +29,12 @@ from nexus_bedrock_tasks.nexus.records import SpanRecord, utcnow
 from nexus_bedrock_tasks.results import InvocationResult, TokenUsage
 from nexus_bedrock_tasks.settings import BedrockTasksSettings
 from nexus_bedrock_tasks.summary import InvocationSummary
-from nexus_bedrock_tasks.tools import ToolArgumentError, call_arguments, default_registry, run_tool
+from nexus_bedrock_tasks.tools import (
+    ToolArgumentError,
+    call_arguments,
+    default_registry,
+    run_tool_then,
+)
 from nexus_bedrock_tasks.tracing import describe, get_tracer, trace_key
 
 _TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False, **TASK_HOOKS}
@@ -161,36 +167,54 @@ async def resolve_return_control(
     return plan
 
 
-async def _outcome(planned: PlannedCall, confirmed: bool | None) -> ToolOutcome:
+async def _outcome(
+    planned: PlannedCall, confirmed: bool | None, record: Callable[[ToolOutcome], None]
+) -> ToolOutcome:
+    """The call's outcome, handed to `record` (the ledger) as soon as it is known: for a
+    sync tool in the tool's own thread, so a run torn down meanwhile still keeps it."""
     base = outcome_base(planned.call, planned.index, planned.key)
     confirmation = None if confirmed is None else ("CONFIRM" if confirmed else "DENY")
+    spec = default_registry.find(planned.call) if planned.call.caller_runs_tool else None
+    outcome: ToolOutcome | None = None
+    kwargs: dict[str, Any] = {}
     if confirmed is False:
         body = "The user denied this action."
-        return ToolOutcome(**base, body=body, confirmation_state=confirmation)
-    if not planned.call.caller_runs_tool:
-        return ToolOutcome(**base, body="", confirmation_state=confirmation)
-    spec = default_registry.find(planned.call)
-    if spec is None:
+        outcome = ToolOutcome(**base, body=body, confirmation_state=confirmation)
+    elif not planned.call.caller_runs_tool:
+        outcome = ToolOutcome(**base, body="", confirmation_state=confirmation)
+    elif spec is None:
         error = f"no local tool registered for {planned.call.action_group}.{planned.call.operation}"
-        return ToolOutcome(**base, body=error, response_state="REPROMPT", error=error)
-    try:
-        kwargs = call_arguments(spec, planned.call)
-    except ToolArgumentError as exc:
-        return ToolOutcome(
-            **base, body=str(exc), response_state="REPROMPT", error=str(exc), executed=False
-        )
-    try:
-        body = await run_tool(spec, kwargs)
-    except Exception as exc:
-        return ToolOutcome(
-            **base,
-            body=f"The tool failed: {describe(exc)}",
-            response_state="FAILURE",
-            error=describe(exc),
-            confirmation_state=confirmation,
-            executed=True,
-        )
-    return ToolOutcome(**base, body=body, confirmation_state=confirmation, executed=True)
+        outcome = ToolOutcome(**base, body=error, response_state="REPROMPT", error=error)
+    else:
+        try:
+            kwargs = call_arguments(spec, planned.call)
+        except ToolArgumentError as exc:
+            outcome = ToolOutcome(
+                **base, body=str(exc), response_state="REPROMPT", error=str(exc), executed=False
+            )
+    if outcome is not None:
+        record(outcome)
+        return outcome
+    assert spec is not None  # without a tool to run, a branch above made the outcome
+
+    def finished(body: str | None, exc: Exception | None) -> ToolOutcome:
+        if exc is not None:
+            done = ToolOutcome(
+                **base,
+                body=f"The tool failed: {describe(exc)}",
+                response_state="FAILURE",
+                error=describe(exc),
+                confirmation_state=confirmation,
+                executed=True,
+            )
+        else:
+            done = ToolOutcome(
+                **base, body=body or "", confirmation_state=confirmation, executed=True
+            )
+        record(done)
+        return done
+
+    return await run_tool_then(spec, kwargs, finished)
 
 
 @task(name="execute_tool", **_TASK_OPTIONS)
@@ -212,8 +236,11 @@ async def execute_tool(
         outcome = ToolOutcome.model_validate({**stored.outcome, "reused": True})
     else:
         ledger.begin(planned.key)
-        outcome = await _outcome(planned, confirmed)
-        ledger.finish(planned.key, outcome.model_dump(exclude={"reused"}))
+        outcome = await _outcome(
+            planned,
+            confirmed,
+            lambda done: ledger.finish(planned.key, done.model_dump(exclude={"reused"})),
+        )
     trace, _ = _run_ids()
     if trace is not None:
         get_tracer().add_span(

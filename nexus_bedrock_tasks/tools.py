@@ -30,6 +30,7 @@ from nexus_bedrock_tasks.bedrock.model import ReturnControlCall
 from nexus_bedrock_tasks.exceptions import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 _SUPPORTED = (str, int, float, bool, list, dict)
 
 
@@ -227,13 +228,43 @@ def call_arguments(spec: ToolSpec, call: ReturnControlCall) -> dict[str, Any]:
     return kwargs
 
 
+def _as_text(result: Any) -> str:
+    return result if isinstance(result, str) else json.dumps(result, default=str)
+
+
 async def run_tool(spec: ToolSpec, kwargs: Mapping[str, Any]) -> str:
     """Run the tool (a sync tool in a worker thread); the result as the text Bedrock gets."""
     if inspect.iscoroutinefunction(spec.fn):
-        result = await typing.cast(Awaitable[Any], spec.fn(**kwargs))
-    else:
-        result = await asyncio.to_thread(spec.fn, **kwargs)
-    return result if isinstance(result, str) else json.dumps(result, default=str)
+        return _as_text(await typing.cast(Awaitable[Any], spec.fn(**kwargs)))
+    return _as_text(await asyncio.to_thread(spec.fn, **kwargs))
+
+
+async def run_tool_then(
+    spec: ToolSpec,
+    kwargs: Mapping[str, Any],
+    then: Callable[[str | None, Exception | None], T],
+) -> T:
+    """Run the tool and hand its text (or its exception) to `then`, returning what it returns.
+
+    For a sync tool `then` runs in the tool's worker thread, right after the tool: when the
+    awaiting task is torn down meanwhile (SIGTERM), the interpreter still waits for that
+    thread at exit, so what `then` records (the tool ledger) is not lost.
+    """
+    if inspect.iscoroutinefunction(spec.fn):
+        try:
+            text = _as_text(await typing.cast(Awaitable[Any], spec.fn(**kwargs)))
+        except Exception as exc:
+            return then(None, exc)
+        return then(text, None)
+
+    def run_and_hand_over() -> T:
+        try:
+            text = _as_text(spec.fn(**kwargs))
+        except Exception as exc:
+            return then(None, exc)
+        return then(text, None)
+
+    return await asyncio.to_thread(run_and_hand_over)
 
 
 def load_tools(target: str) -> None:

@@ -159,7 +159,7 @@ class Tracer:
             return
         try:
             get_ledger(self.settings.tool_ledger).open_trace(
-                trace.local_id, str(run_id), trace_to_json(trace)
+                trace.local_id, str(run_id), trace_to_json(self.exporter.redacted(trace))
             )
         except (OSError, sqlite3.Error) as exc:
             logger.warning("cannot record open trace %s for reconcile: %s", trace.local_id, exc)

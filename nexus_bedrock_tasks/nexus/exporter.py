@@ -229,6 +229,14 @@ class NexusExporter:
             job[1].append(delivery.span_from_payload(payload, span.local_id, span.parent_local_id))
         self._spool("span", trace_local_id, span.local_id, span.parent_local_id, payload)
 
+    def redacted(self, trace: TraceRecord) -> TraceRecord:
+        """`trace` as Nexus would get it: name and metadata redacted (to keep it elsewhere)."""
+        return dataclasses.replace(
+            trace,
+            name=self._redactor.redact(trace.name),
+            metadata=self._redactor.redact_value(trace.metadata),
+        )
+
     def add_spans(self, trace_local_id: str, spans: Sequence[SpanRecord]) -> None:
         """Spool several complete spans of one trace at once (one outbox transaction)."""
         if not self.enabled or not spans:

@@ -111,8 +111,8 @@ class Collector:
             "expected (counted in the tools' own log file), and no secret (the AWS key id "
             "and secret key the processes run with, the Nexus API key) may appear in logs, "
             "process output, spans, Prefect artifacts, the outbox or any other file the "
-            "scenario wrote. The tool ledger is not scanned: it keeps the unredacted trace "
-            "record of a running invocation (prompt included) for `reconcile`.",
+            "scenario wrote, the tool ledger included (it keeps the redacted trace record "
+            "of a running invocation for `reconcile`).",
             "",
             f"- Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
             f"- Machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} CPU(s), "
@@ -355,9 +355,9 @@ class Scenario:
         for source, text in sources:
             found += [f"{source}: {label}" for label, secret in SECRETS.items() if secret in text]
         files = {p for box in outboxes for p in outbox_files(box)}
-        # The tool ledger is left out: it keeps the unredacted trace of an open run (a
-        # local file, like Prefect's own database of flow parameters); see RELIABILITY.md.
-        files |= {p for p in self.tmp.rglob("*") if p.is_file() and not p.name.startswith("ledger")}
+        # The tool ledger is scanned too, though tools' own inputs and results stay in it
+        # as Bedrock sent and got them (a secret a tool returns is the user's business).
+        files |= {p for p in self.tmp.rglob("*") if p.is_file()}
         for path in sorted(files):
             raw = path.read_bytes()
             found += [

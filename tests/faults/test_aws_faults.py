@@ -225,16 +225,6 @@ def answer_directly(seeded: dict[str, Any], session_id: str) -> None:
         pass
 
 
-STALE_BUG = (
-    "runner.run_invocation answers the session's pending returnControl from the ledger "
-    "first; when Bedrock rejects that answer (ValidationException: the session expired or "
-    "the invocationId is stale) the run fails with that error and never sends the user's "
-    "prompt, and the ledger keeps the pending entry, so every later run of the session "
-    "fails the same way; it should drop the stale entry and invoke with the prompt"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=STALE_BUG)
 @pytest.mark.parametrize(
     ("name", "how"),
     [
@@ -281,7 +271,6 @@ def test_stale_pending_return_control_does_not_stick_the_session(
         f"{sorted({(r.error or '')[:80] for r in results if r.error})}",
         outcome_ok=len(good) == runs,
         tools_expected=2 * runs,
-        bug=STALE_BUG,
     )
 
 

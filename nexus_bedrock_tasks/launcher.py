@@ -9,9 +9,10 @@ as this process would have. The launcher forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT 
 to the child and exits as the child did.
 
 Anything that goes wrong before the child exists (no socket, a stale one, a refusal, a
-timeout) runs the CLI in this process instead, silently; ``NEXUS_BEDROCK_RESIDENT=0``
-always does. When the installed code changed since the runner started, the launcher says
-once how to restart it and runs in-process.
+timeout) runs the CLI in this process instead, silently; so does an interpreter the runner
+cannot stand in for (other flags, ``-X`` options or hash seed: `interpreter_identity`);
+``NEXUS_BEDROCK_RESIDENT=0`` always does. When the installed code changed since the runner
+started, the launcher says once how to restart it and runs in-process.
 
 Only the standard library is imported here, and only cheap parts of it: this module's
 import cost is paid by every command, the fast ones included.
@@ -95,7 +96,10 @@ def send_message(sock: socket.socket, message: dict[str, Any], fds: Sequence[int
     data = json.dumps(message).encode()
     frame = _HEADER.pack(len(data)) + data
     sent = socket.send_fds(sock, [frame], list(fds)) if fds else 0
-    sock.sendall(frame[sent:])
+    if sent < len(frame):
+        # Not an empty send: once the peer has answered a whole request and closed (a
+        # refusal), even a zero-byte send fails with EPIPE and the answer would be lost.
+        sock.sendall(frame[sent:])
 
 
 def recv_message(sock: socket.socket, max_fds: int = 0) -> tuple[dict[str, Any], list[int]]:
@@ -165,9 +169,23 @@ def connect(path: str, timeout: float) -> socket.socket:
     return sock
 
 
-def interpreter_identity() -> list[str]:
-    """Which Python runs this process: a runner on another one cannot stand in for it."""
-    return [sys.prefix, sys.version]
+def interpreter_identity() -> dict[str, Any]:
+    """Which Python runs this process, as it started: a runner on another cannot stand in.
+
+    Besides the installation and version, what the interpreter fixes at start-up and a
+    forked child cannot take on: ``sys.flags`` (``-O``, ``-b``, ``-X dev``, ``-X utf8``,
+    ``PYTHONHASHSEED=0``, ...), the ``-X`` options and a fixed hash seed. A caller that
+    differs in any of them runs in-process. Warning options (``-W``, ``PYTHONWARNINGS``)
+    are not here: the child applies the caller's.
+    """
+    hash_seed = None if sys.flags.ignore_environment else os.environ.get("PYTHONHASHSEED")
+    return {
+        "prefix": sys.prefix,
+        "version": sys.version,
+        "flags": list(sys.flags),
+        "xoptions": dict(sys._xoptions),
+        "hash_seed": None if hash_seed in (None, "", "random") else hash_seed,
+    }
 
 
 def ping(path: str, timeout: float) -> dict[str, Any] | None:
@@ -201,7 +219,7 @@ def _stdio_spec() -> list[dict[str, Any]]:
 
 
 def build_request(argv: Sequence[str], cwd: str) -> dict[str, Any]:
-    """What the child needs to be this process: argv, environment, cwd, umask, streams."""
+    """What the child needs to be this process: argv, environment, cwd, umask, streams, -W."""
     umask = os.umask(0o022)
     os.umask(umask)
     return {
@@ -213,6 +231,7 @@ def build_request(argv: Sequence[str], cwd: str) -> dict[str, Any]:
         "cwd": cwd,
         "umask": umask,
         "sys_path": list(sys.path),
+        "warnoptions": list(sys.warnoptions),
         "stdio": _stdio_spec(),
     }
 

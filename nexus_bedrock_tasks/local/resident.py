@@ -1,14 +1,16 @@
 """The resident runner: a pre-imported process that forks one child per flow command.
 
 `nexus-bedrock local up` starts it (``python -m nexus_bedrock_tasks.local.resident``) next to
-the servers. It imports Prefect, the flows and the CLI once and loads botocore's service
-model, starts no thread and no event loop, and listens on ``<stack>/resident.sock`` (mode
-0600). For each request of `nexus_bedrock_tasks.launcher` it forks a child that becomes the
-caller: the caller's stdin/stdout/stderr on 0/1/2, its environment, working directory,
-umask, ``sys.path`` and ``sys.argv``, Prefect settings and logging rebuilt from that
-environment. The child runs `nexus_bedrock_tasks.cli.main` and ends as the interpreter
-would (non-daemon threads joined, ``atexit`` run, streams flushed), then reports its exit
-status to the launcher itself; the runner reports only deaths by signal.
+the servers. It imports what a flow command would (`resident_preload`), starts no thread and
+no event loop, and listens on ``<stack>/resident.sock`` (mode 0600). This module is the fork
+server and its socket protocol: for each request of `nexus_bedrock_tasks.launcher` it checks
+the caller's code, interpreter and descriptors, forks, and the child detaches from the runner
+and becomes the caller (`resident_child`): the caller's stdin/stdout/stderr on 0/1/2, its
+environment, working directory, umask, ``sys.path``, ``sys.argv`` and warning options,
+Prefect settings and logging rebuilt from that environment. The child runs
+`nexus_bedrock_tasks.cli.main` and ends as the interpreter would (non-daemon threads joined,
+``atexit`` run, streams flushed), then reports its exit status to the launcher itself; the
+runner reports only deaths by signal.
 
 Children lead their own sessions, so `local down` (which signals the runner's process
 group) never cuts an invocation short; the runner reaps every child and, when a launcher
@@ -20,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import io
 import os
 import selectors
 import signal
@@ -42,43 +42,8 @@ from nexus_bedrock_tasks.launcher import (
     recv_message,
     send_message,
 )
-
-PRELOADED: Final = (
-    "prefect",
-    "prefect.main",
-    "prefect.flow_engine",
-    "prefect.task_engine",
-    "prefect.client.orchestration",
-    "flows.invoke_agent",
-    "flows.agent_session",
-    "flows.batch_evaluation",
-    "nexus_bedrock_tasks.cli",
-    "nexus_bedrock_tasks.cli_invoke",
-    "nexus_bedrock_tasks.cli_eval",
-    "nexus_bedrock_tasks.cli_runtime",
-    "nexus_bedrock_tasks.local.prefect_api",
-    "nexus_bedrock_tasks.nexus.exporter",
-    "nexus_bedrock_tasks.tracing",
-    "nexus_bedrock_tasks.results",
-    "rich.console",
-    "rich.progress",
-    # Imported lazily by a flow run: Prefect's engine, anyio, OpenTelemetry, typer's parser.
-    "prefect.utilities.visualization",
-    "fastapi",
-    "starlette.applications",
-    "anyio._backends._asyncio",
-    "anyio.streams.memory",
-    "anyio.streams.stapled",
-    "anyio.streams.tls",
-    "opentelemetry.metrics",
-    "opentelemetry._logs",
-    "pydantic.color",
-    "encodings.idna",
-    "http.cookies",
-    "typer._adapters",
-    "typer._click.decorators",
-)
-"""What a flow command would import; the children find it in ``sys.modules``."""
+from nexus_bedrock_tasks.local.resident_child import become_caller, run_cli
+from nexus_bedrock_tasks.local.resident_preload import preload
 
 REQUEST_TIMEOUT_S: Final = 5.0
 STOP_GRACE_S: Final = 5.0
@@ -86,77 +51,6 @@ STOP_GRACE_S: Final = 5.0
 
 FORKED_FROM: int | None = None
 """In a child: the pid of the runner it was forked from (`--verbose` says so); else None."""
-
-_ZYGOTE_STREAMS: list[object] = []
-"""The runner's own text streams, kept alive in a child: collecting one would close 0/1/2."""
-
-
-def preload() -> None:
-    """Import what flow commands use and load botocore's models, without starting threads.
-
-    Prefect's settings and logging are then configured from this process's environment,
-    which `local up` makes a non-verbose command's (``PREFECT_LOGGING_LEVEL=WARNING``), so a
-    child configures logging again only when its caller's settings differ.
-    """
-    for name in PRELOADED:
-        importlib.import_module(name)
-    from nexus_bedrock_tasks.local.prefect_api import refresh_prefect_settings
-
-    refresh_prefect_settings()
-    _prebuild_cli()
-    _adopt_stack_aws_defaults()
-    from nexus_bedrock_tasks.bedrock import client as bedrock_client
-
-    # The shared session keeps the loaded models for children whose AWS settings match;
-    # warmed only when credentials come from the environment (no metadata-service probe).
-    warm_up = getattr(bedrock_client, "warm_up", None)
-    if warm_up is not None and (
-        os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE")
-    ):
-        warm_up()
-    import boto3
-
-    # Explicit dummy credentials and endpoint: creating the client must not walk the
-    # credential chain (an instance-metadata probe) nor open a connection.
-    session = boto3.session.Session(
-        aws_access_key_id="resident", aws_secret_access_key="resident", region_name="us-east-1"
-    )
-    session.client("bedrock-agent-runtime", endpoint_url="http://127.0.0.1:9")
-
-
-def _adopt_stack_aws_defaults() -> None:
-    """Take the AWS settings most children get: the stack's emulator, unless AWS is set up.
-
-    As `cli_runtime.use_local_stack_defaults` decides per command, but from the environment
-    alone (walking the credential chain may probe the instance-metadata service) and from
-    the recorded emulator, which may still be starting.
-    """
-    from nexus_bedrock_tasks.local.stack import environment_for, load_records
-
-    configured = ("AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME", "AWS_ACCESS_KEY_ID", "AWS_PROFILE")
-    bedrock = load_records().get("bedrock")
-    if bedrock is None or any(os.environ.get(key) for key in configured):
-        return
-    os.environ.update(environment_for({"bedrock": bedrock}))
-
-
-def _prebuild_cli() -> None:
-    """Build the click command of the CLI once, here, instead of in every child (~30 ms).
-
-    Typer builds it from the app on each call, through `typer.main.get_command`; each
-    child gets its own copy of this one with the fork, so no state is shared between runs.
-    """
-    import typer.main
-
-    from nexus_bedrock_tasks.cli import app
-
-    built = typer.main.get_command(app)
-    build = typer.main.get_command
-
-    def prebuilt(typer_instance: typer.Typer) -> Any:
-        return built if typer_instance is app else build(typer_instance)
-
-    setattr(typer.main, "get_command", prebuilt)  # noqa: B010 - a deliberate patch
 
 
 def bind_unix_socket(path: str) -> socket.socket:
@@ -382,117 +276,6 @@ class ResidentRunner:
 
 def _wake_only(signum: int, frame: FrameType | None) -> None:
     """SIGCHLD's handler: the wakeup fd already woke the loop, which reaps."""
-
-
-def become_caller(request: dict[str, Any], fds: Sequence[int]) -> None:
-    """Take on the launcher's streams, environment, directory, umask and import path."""
-    for target, fd in enumerate(fds):
-        os.dup2(fd, target)
-        os.close(fd)
-    os.environ.clear()
-    os.environ.update(request["env"])
-    os.umask(int(request["umask"]))
-    os.chdir(request["cwd"])
-    sys.path[:] = request["sys_path"]
-    importlib.invalidate_caches()
-    _reopen_stdio(request["stdio"])
-    _rebind_log_streams()
-    # What the interpreter derives from the environment once, at start-up.
-    time.tzset()
-    import tempfile
-
-    tempfile.tempdir = None
-
-
-def _reopen_stdio(specs: Sequence[dict[str, Any]]) -> None:
-    """Text streams on 0/1/2 set up as the launcher's interpreter set up its own."""
-    _ZYGOTE_STREAMS.extend([sys.stdin, sys.stdout, sys.stderr])
-    streams = []
-    for fd, spec in enumerate(specs):
-        reading = fd == 0
-        unbuffered = bool(spec["write_through"]) and not reading
-        binary = open(  # lives as long as the process
-            fd, "rb" if reading else "wb", buffering=0 if unbuffered else -1, closefd=False
-        )
-        streams.append(
-            io.TextIOWrapper(
-                binary,
-                encoding=spec["encoding"],
-                errors=spec["errors"],
-                newline=None if reading else "\n",
-                line_buffering=bool(spec["line_buffering"]),
-                write_through=unbuffered,
-            )
-        )
-    sys.stdin, sys.stdout, sys.stderr = streams
-    sys.__stdin__, sys.__stdout__, sys.__stderr__ = streams  # type: ignore[misc]
-
-
-def _rebind_log_streams() -> None:
-    """Point log handlers that wrote to the runner's stdout/stderr at the new streams."""
-    import logging
-
-    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
-    for logger in loggers:
-        for handler in getattr(logger, "handlers", ()):
-            stream = getattr(handler, "stream", None)
-            if isinstance(handler, logging.StreamHandler) and stream in _ZYGOTE_STREAMS:
-                handler.setStream(sys.stderr if stream is _ZYGOTE_STREAMS[2] else sys.stdout)
-
-
-def run_cli(argv: Sequence[str]) -> dict[str, int]:
-    """Run the CLI with `argv` and end as the interpreter would; how it ended.
-
-    Returns:
-        ``{"exit": code}``, or ``{"signal": SIGINT}`` after an uncaught KeyboardInterrupt
-        (CPython then kills itself with SIGINT, so a shell sees 130).
-    """
-    from nexus_bedrock_tasks.cli import main
-
-    sys.argv = list(argv)
-    final: dict[str, int]
-    try:
-        main()
-        final = {"exit": 0}
-    except SystemExit as exc:
-        final = {"exit": _system_exit_code(exc)}
-    except KeyboardInterrupt:
-        sys.excepthook(*sys.exc_info())
-        final = {"signal": int(signal.SIGINT)}
-    except BaseException:  # noqa: B036 - as the interpreter: print it, exit 1
-        sys.excepthook(*sys.exc_info())
-        final = {"exit": 1}
-    if not _finalize_like_the_interpreter() and "exit" in final:
-        # Py_FinalizeEx's verdict when the streams cannot be flushed (a closed pipe).
-        final = {"exit": 120}
-    return final
-
-
-def _system_exit_code(exc: SystemExit) -> int:
-    code = exc.code
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    print(code, file=sys.stderr)
-    return 1
-
-
-def _finalize_like_the_interpreter() -> bool:
-    """Join non-daemon threads, run ``atexit``, flush the streams; whether both flushed."""
-    import atexit
-
-    shutdown = getattr(threading, "_shutdown", None)
-    if shutdown is not None:
-        shutdown()
-    getattr(atexit, "_run_exitfuncs")()  # noqa: B009 - CPython's own exit path
-    flushed = True
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            flushed = False
-    return flushed
 
 
 def resident_argv(path: str) -> list[str]:

@@ -37,7 +37,9 @@ ROOT = Path(__file__).resolve().parents[2]
 AGENTS = ROOT / "deployments" / "agents.yaml"
 DEMO_TOOLS = ROOT / "deployments" / "demo_tools.py"
 PROBE_TOOLS = Path(__file__).with_name("probe_tools.py")
+SMOKE = ROOT / "deployments" / "datasets" / "smoke.jsonl"
 DEMO = ["--agent-id", "DEMO000001", "--alias-id", "TSTALIASID"]
+SESSION = ["session", *DEMO, "--json", "Hi", "What did I ask?"]
 QUESTION = "What's the weather in Paris tomorrow?"
 BAD_AGENT = ["invoke", "--agent-id", "bad id", "--alias-id", "TSTALIASID", "hi"]
 _LEAKING = ("PREFECT_", "AWS_", "NEXUS_", "XDG_")
@@ -63,10 +65,14 @@ class Stack:
     def resident_log(self) -> Path:
         return Path(self.env["XDG_DATA_HOME"]) / "nexus-bedrock/stack/logs/resident.log"
 
-    def children_logged(self) -> list[str]:
-        """The runner's log lines that announce a forked child."""
+    def children_logged(self, command: str = "invoke") -> list[str]:
+        """The runner's log lines that announce a child forked for `command`."""
         lines = self.resident_log.read_text().splitlines()
-        return [line for line in lines if line.endswith(": invoke")]
+        return [line for line in lines if line.endswith(f": {command}")]
+
+    def refusals_logged(self, reason: str) -> int:
+        """How many requests the runner refused for `reason` (``stale``, ``interpreter``...)."""
+        return self.resident_log.read_text().count(f": {reason}\n")
 
 
 def entry_point() -> list[str]:
@@ -134,6 +140,14 @@ def _result(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return result
 
 
+def _one_json_object(stdout: str) -> dict[str, Any]:
+    """Stdout that is exactly one JSON object on one line (`json.loads` rejects any more)."""
+    assert stdout.count("\n") == 1 and stdout.endswith("\n"), stdout
+    result = json.loads(stdout)
+    assert isinstance(result, dict)
+    return result
+
+
 @pytest.mark.slow
 def test_invoke_runs_in_the_runner_and_answers_as_in_process(stack: Stack) -> None:
     args = ["invoke", "--json", *DEMO, "--tools", str(DEMO_TOOLS), QUESTION]
@@ -164,6 +178,113 @@ def test_bad_input_is_the_same_one_line_and_exit_2(stack: Stack) -> None:
     assert via_runner.stderr == in_process.stderr
     lines = via_runner.stderr.strip().splitlines()
     assert len(lines) == 1 and "agent_id 'bad id'" in lines[0]
+
+
+@pytest.mark.slow
+def test_session_runs_in_the_runner_and_answers_as_in_process(stack: Stack) -> None:
+    from flows.agent_session import SessionTranscript
+
+    before = len(stack.children_logged("session"))
+    via_runner = run(stack, *SESSION)
+    assert len(stack.children_logged("session")) == before + 1
+    in_process = run(stack, *SESSION, resident=False)
+    assert len(stack.children_logged("session")) == before + 1
+    assert via_runner.returncode == in_process.returncode == 0, via_runner.stderr
+    ours, theirs = _one_json_object(via_runner.stdout), _one_json_object(in_process.stdout)
+    assert set(ours) == set(theirs) == set(SessionTranscript.model_fields)
+    assert [turn["prompt"] for turn in ours["turns"]] == ["Hi", "What did I ask?"]
+    assert [turn["text"] for turn in ours["turns"]] == [turn["text"] for turn in theirs["turns"]]
+    assert ours["session_ended"] == theirs["session_ended"]
+    assert ours["session_id"] != theirs["session_id"]
+    assert _steady(via_runner.stderr) == _steady(in_process.stderr)
+
+
+@pytest.mark.slow
+def test_eval_runs_in_the_runner_and_writes_results_in_the_callers_cwd(
+    stack: Stack, tmp_path: Path
+) -> None:
+    from nexus_bedrock_tasks.evaluation.report import CLI_JSON_KEYS
+
+    args = ["eval", str(SMOKE), *DEMO, "--tools", str(DEMO_TOOLS), "--json"]
+    runs = {}
+    for resident in (True, False):
+        cwd = tmp_path / ("runner" if resident else "in-process")
+        cwd.mkdir()
+        before = len(stack.children_logged("eval"))
+        runs[resident] = run(stack, *args, "--out", "results.jsonl", resident=resident, cwd=cwd)
+        assert len(stack.children_logged("eval")) == before + resident
+        assert "results: results.jsonl" in runs[resident].stderr.splitlines()
+        # A relative --out: the child wrote it where its caller runs, not where the runner does.
+        summary = _one_json_object(runs[resident].stdout)
+        assert len((cwd / "results.jsonl").read_text().splitlines()) == summary["cases"] > 0
+    via_runner, in_process = runs[True], runs[False]
+    assert via_runner.returncode == in_process.returncode == 0, via_runner.stderr
+    ours, theirs = _one_json_object(via_runner.stdout), _one_json_object(in_process.stdout)
+    assert list(ours) == list(theirs) == list(CLI_JSON_KEYS)
+    for key in ("cases", "passed", "pass_rate", "input_tokens", "output_tokens", "cost_usd"):
+        assert ours[key] == theirs[key], key
+
+
+@pytest.mark.slow
+def test_eval_of_a_missing_dataset_is_the_same_one_line_and_exit_2(
+    stack: Stack, tmp_path: Path
+) -> None:
+    args = ["eval", "no-such-cases.jsonl", *DEMO, "--json"]
+    before = len(stack.children_logged("eval"))
+    via_runner = run(stack, *args, cwd=tmp_path)
+    assert len(stack.children_logged("eval")) == before + 1
+    in_process = run(stack, *args, resident=False, cwd=tmp_path)
+    assert via_runner.returncode == in_process.returncode == 2
+    assert via_runner.stdout == in_process.stdout == ""
+    assert via_runner.stderr == in_process.stderr
+    lines = via_runner.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no-such-cases.jsonl" in lines[0]
+
+
+@pytest.mark.slow
+def test_the_callers_warning_options_apply_in_the_child(stack: Stack, tmp_path: Path) -> None:
+    args = ["invoke", "--json", *DEMO, "--tools", str(PROBE_TOOLS), QUESTION]
+    options = "ignore::UserWarning,default::DeprecationWarning"
+    reports = {}
+    for name, resident, warning_options in (
+        ("runner's own", True, None),
+        ("via runner", True, options),
+        ("in-process", False, options),
+    ):
+        probe = tmp_path / f"{name}.json"
+        extra = {"PROBE_FILE": str(probe)}
+        if warning_options is not None:
+            extra["PYTHONWARNINGS"] = warning_options
+        assert _result(run(stack, *args, resident=resident, extra=extra))["text"]
+        reports[name] = json.loads(probe.read_text())
+    assert reports["runner's own"]["forked_from"] == reports["via runner"]["forked_from"]
+    assert reports["via runner"]["forked_from"] == stack.resident_pid
+    assert reports["in-process"]["forked_from"] is None
+    # Without options the child keeps the interpreter's defaults...
+    assert reports["runner's own"]["warnoptions"] == []
+    assert reports["runner's own"]["user_warning"] == "shown"
+    assert reports["runner's own"]["deprecation_warning"] == "ignored"
+    # ...with them it filters as the same command run in-process does.
+    for key in ("warnoptions", "user_warning", "deprecation_warning"):
+        assert reports["via runner"][key] == reports["in-process"][key], key
+    assert reports["via runner"]["warnoptions"] == options.split(",")
+    assert reports["via runner"]["user_warning"] == "ignored"
+    assert reports["via runner"]["deprecation_warning"] == "shown"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hash_seed", ["0", "1234"])
+def test_a_caller_whose_interpreter_started_otherwise_runs_in_process(
+    stack: Stack, hash_seed: str
+) -> None:
+    # A fixed hash seed is fixed at start-up: a forked child would hash with the runner's.
+    children, refusals = len(stack.children_logged()), stack.refusals_logged("interpreter")
+    done = run(stack, *BAD_AGENT, extra={"PYTHONHASHSEED": hash_seed})
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "agent_id 'bad id'" in lines[0]
+    assert len(stack.children_logged()) == children
+    assert stack.refusals_logged("interpreter") == refusals + 1
 
 
 @pytest.mark.slow
@@ -313,6 +434,29 @@ def test_an_absent_or_stale_socket_runs_in_process(
     assert len(lines) == 1 and lines[0].startswith("error: agent_id 'bad id' is malformed")
 
 
+def test_a_refusal_sent_as_soon_as_the_request_is_read_reaches_the_launcher(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    launcher_end, runner_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    send_fds = socket.send_fds
+
+    def runner_answers_at_once(sock: socket.socket, buffers: list[bytes], fds: list[int]) -> int:
+        sent = send_fds(sock, buffers, fds)
+        # The runner reads the whole request, refuses it and closes, all before the
+        # launcher's next system call.
+        _, received = launcher.recv_message(runner_end, max_fds=3)
+        for fd in received:
+            os.close(fd)
+        launcher.send_message(runner_end, {"refused": "stale"})
+        runner_end.close()
+        return sent
+
+    monkeypatch.setattr(socket, "send_fds", runner_answers_at_once)
+    with launcher_end:
+        launcher.send_message(launcher_end, {"protocol": launcher.PROTOCOL}, fds=(0, 1, 2))
+        assert launcher.recv_message(launcher_end) == ({"refused": "stale"}, [])
+
+
 def test_the_launcher_chooses_the_runner_only_for_flow_commands() -> None:
     environ = {"HOME": "/nowhere"}
     assert launcher.wants_resident(["invoke", "--help"], environ)
@@ -322,6 +466,46 @@ def test_the_launcher_chooses_the_runner_only_for_flow_commands() -> None:
     assert not launcher.wants_resident(["local", "status"], environ)
     assert not launcher.wants_resident([], environ)
     assert not launcher.wants_resident(["invoke"], {launcher.DISABLE_ENV: "0"})
+
+
+@pytest.mark.parametrize(
+    ("runner_options", "caller_options"),
+    [
+        (["error::UserWarning"], []),
+        ([], ["default::DeprecationWarning", "ignore:lib:RuntimeWarning"]),
+    ],
+)
+def test_a_childs_warning_filters_are_those_its_callers_interpreter_would_set(
+    runner_options: list[str], caller_options: list[str]
+) -> None:
+    # Filters a library adds at import, after the interpreter's: in front and behind.
+    libraries = (
+        "import sys, warnings\n"
+        "warnings.filterwarnings('ignore', 'lib', UserWarning)\n"
+        "warnings.simplefilter('always', BytesWarning, append=True)\n"
+    )
+    report = "print(repr(warnings.filters), sys.warnoptions)\n"
+    child = (
+        "from nexus_bedrock_tasks.local import resident_child\n"
+        + libraries
+        + f"resident_child.apply_warning_options({caller_options!r})\n"
+        + report
+    )
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONWARNINGS"}
+    outputs = []
+    for options, code in ((runner_options, child), (caller_options, libraries + report)):
+        flags = [f"-W{option}" for option in options]
+        done = subprocess.run(
+            [sys.executable, *flags, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        outputs.append(done.stdout)
+    assert outputs[0] == outputs[1]
+    assert str(caller_options) in outputs[0]
 
 
 def test_the_launcher_imports_nothing_heavy() -> None:

@@ -270,18 +270,7 @@ class NexusExporter:
         parent_local_id: str | None,
         payload: dict[str, Any],
     ) -> None:
-        assert self._outbox is not None  # enabled implies an open outbox
-        if self._state == "closed":
-            self._log.warn("closed", f"Nexus export is closed; {kind} {local_id} not spooled")
-            return
-        try:
-            op = self._outbox.append(kind, trace_local_id, local_id, parent_local_id, payload)
-        except sqlite3.Error as exc:
-            self._log.warn("spool", f"Nexus export: cannot write the outbox ({exc}); dropped")
-            return
-        with self._box.cond:
-            self._box.incoming.append(op)
-            self._box.cond.notify_all()
+        self._spool_many(kind, trace_local_id, [(local_id, parent_local_id, payload)])
 
     def _spool_many(
         self,

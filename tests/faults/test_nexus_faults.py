@@ -36,6 +36,17 @@ def answered(results: list[InvocationResult]) -> int:
     return sum(r.finish_reason == "end_turn" and r.error is None for r in results)
 
 
+def record_answered(scenario: Scenario, results: list[InvocationResult], left: int) -> None:
+    """The row of a scenario whose runs must all answer and deliver everything."""
+    runs = len(results)
+    scenario.record(
+        runs=runs,
+        outcome=f"{answered(results)}/{runs} answered, {left} items left",
+        outcome_ok=answered(results) == runs and left == 0,
+        tools_expected=0,
+    )
+
+
 def flush_from_a_new_process(scenario: Scenario, monkeypatch: pytest.MonkeyPatch) -> int:
     """What `nexus-bedrock outbox flush` does, with the scenario's Nexus settings."""
     monkeypatch.setenv("NEXUS_BASE_URL", scenario.nexus.url)
@@ -89,12 +100,7 @@ def test_503_flapping(scenario_factory: MakeScenario) -> None:
     results = runs_of(scenario, runs)
     left = scenario.flush()
     scenario.nexus.faults.clear()
-    scenario.record(
-        runs=runs,
-        outcome=f"{answered(results)}/{runs} answered, {left} items left",
-        outcome_ok=answered(results) == runs and left == 0,
-        tools_expected=0,
-    )
+    record_answered(scenario, results, left)
 
 
 def test_five_second_latency(scenario_factory: MakeScenario) -> None:
@@ -114,12 +120,7 @@ def test_five_second_latency(scenario_factory: MakeScenario) -> None:
         scenario.nexus.faults.delay_s = 0.0
     left = scenario.flush(240)
     scenario.nexus.faults.clear()
-    scenario.record(
-        runs=runs,
-        outcome=f"{answered(results)}/{runs} answered, {left} items left",
-        outcome_ok=answered(results) == runs and left == 0,
-        tools_expected=0,
-    )
+    record_answered(scenario, results, left)
 
 
 def test_connection_reset_after_the_span_was_stored(scenario_factory: MakeScenario) -> None:

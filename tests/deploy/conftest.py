@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -45,6 +45,25 @@ class Deployed:
     api_url: str
     nexus: LocalNexus
     logs: Path
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start_worker(self, **extra_env: str) -> subprocess.Popen[bytes]:
+        """`prefect worker start --pool local` with the stack's env (plus `extra_env`)."""
+        name = f"worker-{len(self.workers)}.log" if self.workers else "worker.log"
+        with (self.logs / name).open("wb") as log:
+            worker = _start(
+                [sys.executable, "-m", "prefect", "worker", "start", "--pool", "local"],
+                {**self.env, **extra_env},
+                log,
+            )
+        self.workers.append(worker)
+        return worker
+
+    def stop_workers(self) -> None:
+        """Stop every worker still running."""
+        for worker in self.workers:
+            if worker.poll() is None:
+                _stop(worker)
 
     def prefect(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
         """Run the `prefect` CLI against the test server from the repository root."""
@@ -167,33 +186,24 @@ def deployed(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         port = api_url.rsplit(":", 1)[1].split("/")[0]
         logs = home / "logs"
         logs.mkdir()
-        with (
-            (logs / "server.log").open("wb") as server_log,
-            (logs / "worker.log").open("wb") as worker_log,
-        ):
+        with (logs / "server.log").open("wb") as server_log:
             server = _start(
                 [sys.executable, "-m", "prefect", "server", "start", "--no-ui"]
                 + ["--host", "127.0.0.1", "--port", port],
                 env,
                 server_log,
             )
-            worker: subprocess.Popen[bytes] | None = None
-            try:
-                _wait_healthy(api_url, server, logs / "server.log")
-                stack = Deployed(env=env, api_url=api_url, nexus=nexus, logs=logs)
-                for args in (
-                    ("work-pool", "create", "local", "--type", "process", "--overwrite"),
-                    ("--no-prompt", "deploy", "--all"),
-                ):
-                    done = stack.prefect(*args)
-                    assert done.returncode == 0, done.stdout + done.stderr
-                worker = _start(
-                    [sys.executable, "-m", "prefect", "worker", "start", "--pool", "local"],
-                    env,
-                    worker_log,
-                )
-                yield stack
-            finally:
-                if worker is not None:
-                    _stop(worker)
-                _stop(server)
+        stack = Deployed(env=env, api_url=api_url, nexus=nexus, logs=logs)
+        try:
+            _wait_healthy(api_url, server, logs / "server.log")
+            for args in (
+                ("work-pool", "create", "local", "--type", "process", "--overwrite"),
+                ("--no-prompt", "deploy", "--all"),
+            ):
+                done = stack.prefect(*args)
+                assert done.returncode == 0, done.stdout + done.stderr
+            stack.start_worker()
+            yield stack
+        finally:
+            stack.stop_workers()
+            _stop(server)

@@ -135,15 +135,6 @@ class Collector:
         lines += ["", "## How each fault is injected", ""]
         for row in self.rows:
             lines += [f"**{row.group} — {row.name}.** {row.how}", ""]
-        lines += [
-            "## Not covered yet",
-            "",
-            "- **Worker restart during a deployment run** (issue #9, Process): no scenario "
-            "yet. It needs its own work pool and worker process next to the PostgreSQL-backed "
-            "Prefect server of `tests/deploy/conftest.py` (whose worker the suite cannot stop), "
-            "so it is left for a follow-up rather than counted here.",
-            "",
-        ]
         bugs = [row for row in self.rows if row.bug]
         if bugs:
             lines += ["## Known bugs (the scenario's test is a strict xfail)", ""]

@@ -35,7 +35,7 @@ def test_an_api_url_in_the_active_prefect_profile_counts_as_set(
 ) -> None:
     profiles = tmp_path / "profiles.toml"
     profiles.write_text(
-        'active = "work"\n[profiles.work]\nPREFECT_API_URL = "https://api.prefect.cloud/x"\n'
+        'active = "work"\n[profiles.work]\nPREFECT_API_URL = "http://prefect.example:4200/api"\n'
     )
     monkeypatch.setenv("PREFECT_PROFILES_PATH", str(profiles))
     monkeypatch.delenv("PREFECT_PROFILE", raising=False)

@@ -8,6 +8,7 @@ the local Nexus are used, so `make demo`'s stack serves every later command.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -66,6 +67,9 @@ def choose_flow_api(*, verbose: bool) -> str:
 
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        # At exit Prefect's events thread may say "Still processing items: N items
+        # remaining..." while it sends the run's last events: progress, not a problem.
+        logging.getLogger("EventsWorker").setLevel(logging.ERROR)
     mode = choose_prefect_api(verbose)
     if verbose:
         typer.echo(runner_description(), err=True)

@@ -84,3 +84,22 @@ def test_a_running_stack_is_used_before_prefect_is_imported(
     assert result.stdout.splitlines() == ["stack", url, "False"]
     assert f"prefect api: {url} (the local stack" in result.stderr
     assert "hint" not in result.stderr
+
+
+@pytest.mark.parametrize(("verbose", "level"), [(False, 40), (True, 0)])
+def test_quiet_mode_hides_prefects_exit_progress_line(
+    stack_home: Path, monkeypatch: pytest.MonkeyPatch, verbose: bool, level: int
+) -> None:
+    import logging
+
+    from nexus_bedrock_tasks.cli_runtime import choose_flow_api
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://prefect.example:4200/api")
+    events_logger = logging.getLogger("EventsWorker")
+    saved = events_logger.level
+    events_logger.setLevel(logging.NOTSET)
+    try:
+        choose_flow_api(verbose=verbose)
+        assert events_logger.level == level  # ERROR (40) when quiet, untouched otherwise
+    finally:
+        events_logger.setLevel(saved)

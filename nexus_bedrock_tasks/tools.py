@@ -232,11 +232,16 @@ def _as_text(result: Any) -> str:
     return result if isinstance(result, str) else json.dumps(result, default=str)
 
 
+def _text_or_raise(text: str | None, exc: Exception | None) -> str:
+    if exc is not None:
+        raise exc
+    assert text is not None  # run_tool_then hands over one of the two
+    return text
+
+
 async def run_tool(spec: ToolSpec, kwargs: Mapping[str, Any]) -> str:
     """Run the tool (a sync tool in a worker thread); the result as the text Bedrock gets."""
-    if inspect.iscoroutinefunction(spec.fn):
-        return _as_text(await typing.cast(Awaitable[Any], spec.fn(**kwargs)))
-    return _as_text(await asyncio.to_thread(spec.fn, **kwargs))
+    return await run_tool_then(spec, kwargs, _text_or_raise)
 
 
 async def run_tool_then(

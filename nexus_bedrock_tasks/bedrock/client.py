@@ -26,7 +26,7 @@ from tenacity import (
 from nexus_bedrock_tasks import __version__
 from nexus_bedrock_tasks.backoff import jittered_exponential
 from nexus_bedrock_tasks.exceptions import ConfigError
-from nexus_bedrock_tasks.settings import BedrockTasksSettings
+from nexus_bedrock_tasks.settings import BedrockTasksSettings, task_settings
 
 logger = logging.getLogger(__name__)
 SERVICE = "bedrock-agent-runtime"
@@ -155,7 +155,7 @@ def cached_client(
     Example:
         >>> client = cached_client(endpoint_url="http://127.0.0.1:8766")
     """
-    settings = BedrockTasksSettings()
+    settings = task_settings()
     key = (
         os.getpid(),
         region,

@@ -28,7 +28,7 @@ from prefect.context import TaskRunContext
 from pydantic import BaseModel, Field
 
 from nexus_bedrock_tasks import semconv
-from nexus_bedrock_tasks.bedrock.client import make_client
+from nexus_bedrock_tasks.bedrock.client import cached_client
 from nexus_bedrock_tasks.bedrock.model import ActionGroupCall, iter_steps
 from nexus_bedrock_tasks.evaluation.cases import CaseOutcome, EvalCase
 from nexus_bedrock_tasks.evaluation.dataset import BadLine
@@ -95,22 +95,13 @@ def ensure_tools(target: str, eval_run_id: str) -> None:
     load_tools(target)
 
 
-@functools.lru_cache(maxsize=8)
-def _worker_client(
-    region: str | None, endpoint_url: str | None, credentials_block: str | None, pool_size: int
-) -> Any:
-    return make_client(
-        region=region,
-        endpoint_url=endpoint_url,
-        credentials_block=credentials_block,
-        max_pool_connections=pool_size,
-    )
-
-
 def shared_client(config: CaseRunConfig) -> Any:
     """This process's Bedrock client for `config` (remote workers: kept for their life)."""
-    return _worker_client(
-        config.region, config.endpoint_url, config.aws_credentials_block, config.pool_size
+    return cached_client(
+        region=config.region,
+        endpoint_url=config.endpoint_url,
+        credentials_block=config.aws_credentials_block,
+        max_pool_connections=config.pool_size,
     )
 
 

@@ -221,13 +221,7 @@ class NexusExporter:
 
     def add_span(self, trace_local_id: str, span: SpanRecord) -> None:
         """Spool one complete span; its parent may still be unknown to Nexus."""
-        if not self.enabled:
-            return
-        payload = delivery.span_payload(span, self._redactor, self._settings.max_payload_chars)
-        job = self._otlp_traces.get(trace_local_id)
-        if job is not None:
-            job[1].append(delivery.span_from_payload(payload, span.local_id, span.parent_local_id))
-        self._spool("span", trace_local_id, span.local_id, span.parent_local_id, payload)
+        self.add_spans(trace_local_id, [span])
 
     def redacted(self, trace: TraceRecord) -> TraceRecord:
         """`trace` as Nexus would get it: name and metadata redacted (to keep it elsewhere)."""

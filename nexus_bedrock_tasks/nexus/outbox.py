@@ -154,17 +154,9 @@ class Outbox:
         parent_local_id: str | None,
         payload: dict[str, Any],
     ) -> OutboxOp:
-        """Spool one operation (one short autocommit insert)."""
-        text = json.dumps(payload, ensure_ascii=False, default=str)
-        with self._lock:
-            cursor = self._conn.execute(
-                "INSERT INTO ops (kind, trace_local_id, local_id, parent_local_id, payload,"
-                " owner, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (kind, trace_local_id, local_id, parent_local_id, text, self.owner, time.time()),
-            )
-        seq = cursor.lastrowid
-        assert seq is not None  # an INSERT always sets it
-        return OutboxOp(seq, kind, trace_local_id, local_id, parent_local_id, payload)
+        """Spool one operation (one short transaction)."""
+        (op,) = self.append_many(kind, trace_local_id, [(local_id, parent_local_id, payload)])
+        return op
 
     def append_many(
         self,

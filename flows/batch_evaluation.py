@@ -1,46 +1,42 @@
 """The batch evaluation flow: a dataset of cases against one agent, scored and traced.
 
 One flow run fans the cases out as tasks with bounded concurrency (no flow run per
-case); each case is its own Nexus trace with metadata ``eval_run_id``, ``case_id`` and
-its score. Results stream to a JSONL file; the summary goes to Prefect artifacts.
+case). A task run costs more CPU than a sub-second case, so each `evaluate_cases` task
+run takes a chunk of cases and runs them one after another (`cases_per_task`, automatic
+by default: see `nexus_bedrock_tasks.evaluation.chunks`). Results stream to a JSONL file
+as each chunk completes; the summary goes to Prefect artifacts.
+
+Each case is still its own Nexus trace (metadata ``eval_run_id``, ``case_id``, its score)
+with the invocation's spans as usual, plus one ``task:evaluate_cases`` span: the case's
+part of its chunk's task run, from the case's start to its end, whose output names the
+task run (``task_run_id``), the case's ``position`` (from 1) and the ``chunk_size``. The
+cases of a chunk thus show the same ``task_run_id`` in Nexus and one task run in Prefect.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
 from prefect.context import FlowRunContext
 
-from nexus_bedrock_tasks.bedrock.client import make_client
 from nexus_bedrock_tasks.evaluation.artifacts import ProgressArtifact, publish_report
 from nexus_bedrock_tasks.evaluation.baseline import Baseline
-from nexus_bedrock_tasks.evaluation.cases import EvalCase
 from nexus_bedrock_tasks.evaluation.casework import (
     CaseRunConfig,
-    bad_line_result,
     end_open_case_traces,
     ensure_tools,
-    evaluate_case,
-    flush_worker_exporter,
 )
-from nexus_bedrock_tasks.evaluation.dataset import BadLine, Dataset
+from nexus_bedrock_tasks.evaluation.chunks import check_cases_per_task
+from nexus_bedrock_tasks.evaluation.dataset import Dataset
 from nexus_bedrock_tasks.evaluation.errors import PassRateBelowMinimum
-from nexus_bedrock_tasks.evaluation.fanout import (
-    SubmittedCases,
-    TaskRunnerName,
-    bounded,
-    make_task_runner,
-    own_run_results,
-    widen_default_executor,
-)
+from nexus_bedrock_tasks.evaluation.fanout import TaskRunnerName
+from nexus_bedrock_tasks.evaluation.localrun import LocalRun, run_locally
 from nexus_bedrock_tasks.evaluation.progress import report_progress
 from nexus_bedrock_tasks.evaluation.report import EvalSummary, RunStats
 from nexus_bedrock_tasks.evaluation.results import CaseResult, ResultsWriter
@@ -49,16 +45,12 @@ from nexus_bedrock_tasks.evaluation.sharding import check_deployment, run_shards
 from nexus_bedrock_tasks.exceptions import ConfigError
 from nexus_bedrock_tasks.hooks import never_raise
 from nexus_bedrock_tasks.settings import BedrockTasksSettings, NexusSettings
-from nexus_bedrock_tasks.tracing import get_tracer
 
 logger = logging.getLogger(__name__)
 # Prefect logs two INFO lines per task run; thousands of cases would spend a sixth of
 # the run's CPU printing and shipping them. Warnings and errors still show.
 _TASK_RUN_LOGGER = "prefect.task_runs"
 FLOW_NAME = "batch-evaluation"
-# Results whose Nexus trace id is still unknown, held back in completion order; past this
-# many the oldest goes out without its id rather than hold more memory.
-_MAX_AWAITING_TRACE_ID = 1000
 
 
 def _eval_run_id(flow_run: Any) -> str:
@@ -87,9 +79,16 @@ def _quiet_task_logs(enabled: bool) -> Iterator[None]:
         task_logger.setLevel(level)
 
 
-def _check(concurrency: int, shards: int, min_pass_rate: float | None, threshold: float) -> None:
+def _check(
+    concurrency: int,
+    shards: int,
+    min_pass_rate: float | None,
+    threshold: float,
+    cases_per_task: int | None,
+) -> None:
     if concurrency < 1:
         raise ConfigError(f"concurrency {concurrency} must be at least 1")
+    check_cases_per_task(cases_per_task)
     if shards < 1:
         raise ConfigError(f"shards {shards} must be at least 1")
     for name, value in (("min_pass_rate", min_pass_rate), ("score_threshold", threshold)):
@@ -106,107 +105,6 @@ def _default_results_path(run_id: str, given_id: str | None, flow_run: Any) -> P
     return BedrockTasksSettings().eval_results_dir / f"{name}.jsonl"
 
 
-def _with_defaults(case: EvalCase, max_latency_s: float | None, max_tokens: int | None) -> EvalCase:
-    update: dict[str, Any] = {}
-    if case.max_latency_s is None and max_latency_s is not None:
-        update["max_latency_s"] = max_latency_s
-    if case.max_tokens is None and max_tokens is not None:
-        update["max_tokens"] = max_tokens
-    return case.model_copy(update=update) if update else case
-
-
-async def _with_trace_ids(
-    results: AsyncIterator[CaseResult], wait_s: float
-) -> AsyncIterator[CaseResult]:
-    """Add the Nexus trace id to results of cases traced by this process.
-
-    A case does not wait for Nexus to acknowledge its trace (that would hold its
-    concurrency slot); its result waits here instead, in completion order, and goes on
-    as soon as the id is known. After the last case the rest wait at most `wait_s` in
-    all; a result whose trace Nexus has not acknowledged by then keeps ``trace_id`` None.
-    """
-    tracer = get_tracer()
-    waiting: deque[CaseResult] = deque()
-
-    def with_id(result: CaseResult, timeout: float = 0.0) -> CaseResult | None:
-        trace_id = tracer.nexus_trace_id(str(result.local_trace_id), timeout)
-        return None if trace_id is None else result.model_copy(update={"trace_id": trace_id})
-
-    async for result in results:
-        if result.trace_id is None and result.local_trace_id and tracer.exporter.enabled:
-            waiting.append(result)
-        else:
-            yield result
-        while waiting:
-            ready = with_id(waiting[0])
-            if ready is None and len(waiting) <= _MAX_AWAITING_TRACE_ID:
-                break
-            yield ready or waiting[0]
-            waiting.popleft()
-    deadline = time.monotonic() + wait_s
-    while waiting:
-        head = waiting.popleft()
-        left = max(0.0, deadline - time.monotonic())
-        found: CaseResult | None = await asyncio.to_thread(with_id, head, left)
-        yield found or head
-
-
-async def _run_locally(
-    dataset: Dataset,
-    config: CaseRunConfig,
-    concurrency: int,
-    runner_name: str,
-    limits: tuple[float | None, int | None],
-    dask: tuple[str | None, int | None],
-) -> AsyncIterator[CaseResult]:
-    runner = make_task_runner(runner_name, concurrency, *dask)
-    client = None
-    if runner_name != "dask":
-        # In a thread: loading a credentials block from async code would return a coroutine.
-        client = await asyncio.to_thread(
-            make_client,
-            region=config.region,
-            endpoint_url=config.endpoint_url,
-            credentials_block=config.aws_credentials_block,
-            max_pool_connections=concurrency + 2,
-        )
-    items = (
-        item if isinstance(item, BadLine) else _with_defaults(item, *limits) for item in dataset
-    )
-    with contextlib.ExitStack() as stack:
-        if client is not None:
-            stack.callback(client.close)
-        submitted = None
-        if runner is not None:
-            stack.enter_context(runner)
-            submitted = SubmittedCases(runner, concurrency)
-            stack.callback(submitted.close)
-        else:
-            widen_default_executor(concurrency)
-
-        async def run(item: EvalCase | BadLine) -> CaseResult:
-            if isinstance(item, BadLine):
-                return bad_line_result(item)
-            parameters = {"case": item, "config": config, "client": client}
-            try:
-                if submitted is not None:
-                    result: CaseResult = await submitted.run(evaluate_case, parameters)
-                    return result
-                with own_run_results():
-                    return await evaluate_case(item, config, client)
-            except Exception as exc:
-                return CaseResult(id=item.id, passed=False, error=f"{type(exc).__name__}: {exc}")
-
-        stream = bounded(items, run, concurrency)
-        if runner_name != "dask":  # a Dask worker's case looked its trace id up itself
-            stream = _with_trace_ids(stream, BedrockTasksSettings().trace_id_wait_s)
-        async for result in stream:
-            yield result
-        if runner_name == "dask":
-            timeout = BedrockTasksSettings().flush_timeout_s
-            await asyncio.to_thread(runner.client.run, flush_worker_exporter, timeout)
-
-
 @flow(
     name=FLOW_NAME,
     persist_result=True,
@@ -219,6 +117,7 @@ async def batch_evaluation(
     agent_id: str,
     agent_alias_id: str,
     concurrency: int = 8,
+    cases_per_task: int | None = None,
     scorers: list[str] | None = None,
     baseline: str | None = None,
     min_pass_rate: float | None = None,
@@ -245,7 +144,12 @@ async def batch_evaluation(
 
     Args:
         dataset: a ``.jsonl``/``.csv`` path or a list of cases (see `EvalCase`).
-        concurrency: cases in flight at once.
+        concurrency: cases in flight at once (chunk task runs in flight, each running
+            its cases one at a time).
+        cases_per_task: cases per `evaluate_cases` task run; None chooses from the
+            dataset size and concurrency (1 for small runs, up to 16 for large ones,
+            shrinking to 1 for the last chunks so that all slots finish together). 1 is
+            one task run per case. Each case keeps its own trace either way.
         scorers: built-in names or import paths (default: every built-in scorer).
         baseline: an earlier run's results file; regressions are reported against it.
         min_pass_rate: the run fails (after writing everything) below this fraction.
@@ -271,7 +175,7 @@ async def batch_evaluation(
         ... )
         >>> summary.pass_rate, summary.results_path
     """
-    _check(concurrency, shards, min_pass_rate, score_threshold)
+    _check(concurrency, shards, min_pass_rate, score_threshold, cases_per_task)
     names = scorer_names(scorers)
     cases = Dataset(dataset)
     compare = Baseline(Path(baseline)) if baseline else None
@@ -327,16 +231,20 @@ async def batch_evaluation(
             "enable_trace": enable_trace,
             "eval_run_id": run_id,
         }
+        if cases_per_task is not None:  # unset, each shard chooses for its own size
+            shard_parameters["cases_per_task"] = cases_per_task
         stream = run_shards(fan_out_deployment, cases, shards, shard_parameters)
     else:
-        stream = _run_locally(
-            cases,
-            config,
-            concurrency,
-            task_runner,
-            (max_latency_s, max_tokens),
-            (dask_address, dask_workers),
+        local = LocalRun(
+            concurrency=concurrency,
+            runner=task_runner,
+            cases_per_task=cases_per_task,
+            max_latency_s=max_latency_s,
+            max_tokens=max_tokens,
+            dask_address=dask_address,
+            dask_workers=dask_workers,
         )
+        stream = run_locally(cases, config, local)
     stats = RunStats()
     kept: list[CaseResult] | None = [] if return_results else None
     progress = ProgressArtifact()

@@ -96,6 +96,17 @@ def eval_command(
     concurrency: Annotated[
         int, typer.Option("--concurrency", "-c", min=1, help="Cases in flight at once.")
     ] = 8,
+    cases_per_task: Annotated[
+        int | None,
+        typer.Option(
+            "--cases-per-task",
+            help=(
+                "Cases one Prefect task run evaluates, one after another (default: chosen "
+                "from the dataset size, 1 for small runs up to 16). Fewer task runs cost "
+                "less CPU; 1 gives one task run per case. Each case keeps its own trace."
+            ),
+        ),
+    ] = None,
     baseline: Annotated[
         Path | None, typer.Option("--baseline", help="An earlier run's results file.")
     ] = None,
@@ -141,7 +152,7 @@ def eval_command(
     as_json: JsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
-    """Evaluate an agent on a dataset, one Prefect task and one Nexus trace per case.
+    """Evaluate an agent on a dataset: one Nexus trace per case, cases grouped into task runs.
 
     Exit 0 when the pass rate meets --min-pass-rate (or none is set), 1 when it does
     not or the run failed, 2 for bad usage (dataset, baseline, scorer).
@@ -150,6 +161,7 @@ def eval_command(
     --alias-id TSTALIASID --tools deployments/demo_tools.py --min-pass-rate 0.9
     """
     from nexus_bedrock_tasks.evaluation.baseline import Baseline
+    from nexus_bedrock_tasks.evaluation.chunks import check_cases_per_task
     from nexus_bedrock_tasks.evaluation.dataset import Dataset
     from nexus_bedrock_tasks.evaluation.fanout import TASK_RUNNERS
     from nexus_bedrock_tasks.evaluation.scorers import scorer_names
@@ -159,6 +171,7 @@ def eval_command(
             raise ConfigError(
                 f"--task-runner {task_runner!r}: use one of {', '.join(TASK_RUNNERS)}"
             )
+        check_cases_per_task(cases_per_task, name="--cases-per-task")
         checked = Dataset(dataset)
         checked.check()
         total = checked.total
@@ -178,6 +191,7 @@ def eval_command(
         "agent_id": agent_id,
         "agent_alias_id": alias_id,
         "concurrency": concurrency,
+        "cases_per_task": cases_per_task,
         "scorers": names,
         "baseline": str(baseline) if baseline else None,
         "min_pass_rate": min_pass_rate,

@@ -1,8 +1,9 @@
 """Batch evaluation of Bedrock Agents: datasets, scorers, results, baselines and reports.
 
-The modules imported here are pure (no Prefect, boto3 or HTTP); the Prefect side is
-`casework` (the case task), `fanout` (task runners), `sharding` (deployment fan-out)
-and `artifacts`, composed by `flows/batch_evaluation.py`.
+The modules imported here and `chunks` (cases per task run) are pure (no Prefect, boto3
+or HTTP); the Prefect side is `casework` (one case and its trace), `chunktask` (the task
+running a chunk of cases), `localrun` and `fanout` (chunks on task runners), `sharding`
+(deployment fan-out) and `artifacts`, composed by `flows/batch_evaluation.py`.
 """
 
 from nexus_bedrock_tasks.evaluation.baseline import Baseline, BaselineComparison

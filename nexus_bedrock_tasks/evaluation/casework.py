@@ -1,10 +1,11 @@
-"""The case task of a batch evaluation: one case, its own Nexus trace, scored.
+"""One case of a batch evaluation: its own Nexus trace, run and scored (`run_case`).
 
-A case is a task, not a flow run, so it opens its trace itself: a *deferred* trace (sent
-when it ends, so its metadata carries the score) that the invocation's steps report to
-through `tracing.current_trace`, with the case task's own `task:evaluate_case` span. Every
-exit path ends the trace; traces still open when the evaluation flow itself crashes are
-ended by its hooks (`end_open_case_traces`).
+Cases run inside task runs that hold several of them (`chunktask.evaluate_cases`), not as
+flow runs, so a case opens its trace itself: a *deferred* trace (sent when it ends, so its
+metadata carries the score) that the invocation's steps report to through
+`tracing.current_trace`, with a `task:evaluate_cases` span of its own for its part of the
+task run. Every exit path ends the trace; traces still open when the evaluation flow
+itself crashes are ended by its hooks (`end_open_case_traces`).
 
 A case never waits for Nexus: its result carries the Nexus trace id only when
 `CaseRunConfig.trace_id_wait_s` asks for it (remote workers, whose traces the flow's
@@ -14,16 +15,16 @@ process cannot look up); otherwise the flow fills the ids in as Nexus acknowledg
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, Field
 
@@ -54,7 +55,7 @@ META_TAGS = "tags"
 META_SCORE = "score"
 META_SCORES = "scores"
 META_PASSED = "passed"
-CASE_TASK_NAME = "evaluate_case"
+CASE_TASK_NAME = "evaluate_cases"
 
 _open_traces: dict[str, set[str]] = {}
 _open_lock = threading.Lock()
@@ -231,27 +232,63 @@ def _sum_turns_in_summary(tracer: Tracer, key: str, results: Sequence[Invocation
     state.retries = sum(r.counts.get("retries", 0) for r in results)
 
 
-def _case_task_run_id() -> str | None:
-    """The id of the task run this case runs in (None when called outside a task)."""
+@dataclass(frozen=True)
+class TaskPart:
+    """Where a case runs inside a chunk's task run (`chunktask.evaluate_cases`).
+
+    Attributes:
+        task_run_id: the chunk's Prefect task run (hex).
+        position: the case's place in the chunk, from 1.
+        size: the cases in the chunk.
+        span_id: the local id of the case's own `task:evaluate_cases` span; each case's
+            is distinct (span ids are unique across the outbox, not per trace).
+    """
+
+    task_run_id: str
+    position: int
+    size: int
+    span_id: str = field(default_factory=lambda: uuid4().hex)
+
+
+@contextlib.contextmanager
+def _steps_report_to(part: TaskPart | None) -> Iterator[None]:
+    """Make the inline steps post under the case's span, not the shared task run's.
+
+    The steps find the span they report to in Prefect's `TaskRunContext` (as they do in
+    a task run of their own); a copy naming the case's span id stands in for the case.
+    """
     context = TaskRunContext.get()
-    return None if context is None else context.task_run.id.hex
+    if part is None or context is None:
+        yield
+        return
+    task_run = context.task_run.model_copy(update={"id": UUID(part.span_id)})
+    with context.model_copy(update={"task_run": task_run}):
+        yield
 
 
-async def run_case(case: EvalCase, config: CaseRunConfig, client: Any | None = None) -> CaseResult:
+async def run_case(
+    case: EvalCase,
+    config: CaseRunConfig,
+    client: Any | None = None,
+    *,
+    part: TaskPart | None = None,
+) -> CaseResult:
     """Run one case (all its turns in one Bedrock session) as its own Nexus trace, scored.
 
     Never raises for a failing agent or scorer: the result says what went wrong. Retries
-    live below (tenacity for AWS calls); this task is not retried, so a case's trace and
-    score are produced once. Run as the `evaluate_case` task, the trace gets that task
-    run's `task:evaluate_case` span.
+    live below (tenacity for AWS calls); cases are not retried, so a case's trace and
+    score are produced once. Run inside a chunk's task run (`part` given), the steps are
+    plain calls and the trace gets a `task:evaluate_cases` span for the case's part of
+    that task run; otherwise each step is a task run of its own.
 
     Args:
         case: the case.
         config: the run's shared settings.
         client: a Bedrock client to share; None uses this process's shared client.
+        part: the case's place in the chunk's task run.
 
     Example:
-        >>> result = await evaluate_case(EvalCase(id="c1", prompt="Hi"), config)
+        >>> result = await run_case(EvalCase(id="c1", prompt="Hi"), config)
         >>> result.passed, result.scores, result.local_trace_id
     """
     tracer = get_tracer()
@@ -267,17 +304,21 @@ async def run_case(case: EvalCase, config: CaseRunConfig, client: Any | None = N
         deferred=True,
     )
     _track(config.eval_run_id, key, True)
-    task_run_id = _case_task_run_id()
-    if task_run_id is not None:
-        tracer.task_started(key, task_run_id, CASE_TASK_NAME)
+    if part is not None:
+        tracer.task_started(key, part.span_id, CASE_TASK_NAME)
     token = current_trace.set(key)
     started = time.monotonic()
     try:
         client = client or await asyncio.to_thread(shared_client, config)
-        # In the case's task run the invocation's steps are plain calls reporting to it:
+        # In the chunk's task run the invocation's steps are plain calls reporting to it:
         # a Prefect task run per step would cost more CPU than the step itself.
-        steps = TASK_STEPS if task_run_id is None else INLINE_STEPS
-        results, error = await _run_turns(case, config, key, session_id, client, steps)
+        steps = TASK_STEPS if part is None else INLINE_STEPS
+        with _steps_report_to(part):
+            results, error = await _run_turns(case, config, key, session_id, client, steps)
+        outcome = _outcome(
+            results, error, time.monotonic() - started, _tools_used(tracer, key, results)
+        )
+        card = score_case(case, outcome, config.scorers, config.score_threshold)
     except BaseException:
         current_trace.reset(token)
         tracer.end(key, status=semconv.TRACE_ERROR, metadata={META_PASSED: False})
@@ -285,19 +326,23 @@ async def run_case(case: EvalCase, config: CaseRunConfig, client: Any | None = N
         _track(config.eval_run_id, key, False)
         raise
     current_trace.reset(token)
-    outcome = _outcome(
-        results, error, time.monotonic() - started, _tools_used(tracer, key, results)
-    )
-    card = score_case(case, outcome, config.scorers, config.score_threshold)
     passed = card.passed(outcome)
     _sum_turns_in_summary(tracer, key, results)
-    if task_run_id is not None:
+    if part is not None:
         tracer.task_output(
             key,
-            task_run_id,
-            {"case_id": case.id, "passed": passed, "score": card.score, "error": outcome.error},
+            part.span_id,
+            {
+                "case_id": case.id,
+                "passed": passed,
+                "score": card.score,
+                "error": outcome.error,
+                "task_run_id": part.task_run_id,
+                "position": part.position,
+                "chunk_size": part.size,
+            },
         )
-        tracer.task_ended(key, task_run_id, status="ok")
+        tracer.task_ended(key, part.span_id, status="ok")
     tracer.end(
         key,
         status=semconv.TRACE_ERROR if error else semconv.TRACE_SUCCESS,
@@ -307,7 +352,7 @@ async def run_case(case: EvalCase, config: CaseRunConfig, client: Any | None = N
     tracer.forget(key)
     _track(config.eval_run_id, key, False)
     trace_id = None
-    if config.trace_id_wait_s > 0:
+    if config.trace_id_wait_s > 0 and part is None:
         trace_id = await asyncio.to_thread(tracer.nexus_trace_id, key, config.trace_id_wait_s)
     return CaseResult(
         id=case.id,
@@ -326,8 +371,3 @@ async def run_case(case: EvalCase, config: CaseRunConfig, client: Any | None = N
         cost_usd=outcome.cost_usd,
         local_trace_id=key,
     )
-
-
-# The task wraps `run_case` under another name so that the function pickles by reference
-# (module.run_case) when a Dask worker receives the task.
-evaluate_case = task(name=CASE_TASK_NAME, cache_policy=NO_CACHE, persist_result=False)(run_case)

@@ -32,6 +32,7 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         (["eval", str(SMOKE), *AGENT, "--scorer", "nope"], "unknown scorer 'nope'"),
         (["eval", str(SMOKE), *AGENT, "--baseline", str(SMOKE)], "line 1: not a results line"),
         (["eval", str(SMOKE), *AGENT, "--task-runner", "gpu"], "--task-runner 'gpu'"),
+        (["eval", str(SMOKE), *AGENT, "--cases-per-task", "0"], "--cases-per-task 0 must be"),
         (["session", *AGENT, "--attribute", "tier", "hi"], "--attribute 'tier': write KEY=VALUE"),
         (["session", *AGENT, "hi", ""], "prompt is empty"),
     ],
@@ -43,6 +44,12 @@ def test_bad_usage_is_one_line_and_exit_2(args: list[str], message: str) -> None
     assert len(lines) == 1 and message in lines[0]
 
 
+def test_eval_help_explains_cases_per_task() -> None:
+    result = CliRunner().invoke(app, ["eval", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "--cases-per-task" in result.output and "1 gives one task run per case" in result.output
+
+
 @pytest.mark.slow
 def test_eval_json_contract_results_and_min_pass_rate(
     cli_env: dict[str, str], tmp_path: Path
@@ -50,7 +57,7 @@ def test_eval_json_contract_results_and_min_pass_rate(
     out = tmp_path / "smoke-results.jsonl"
     done = cli(
         cli_env, "eval", str(SMOKE), *AGENT, "--tools", str(DEMO_TOOLS), "--out", str(out),
-        "--min-pass-rate", "1", "--json", "-c", "4",
+        "--min-pass-rate", "1", "--json", "-c", "2", "--cases-per-task", "3",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)

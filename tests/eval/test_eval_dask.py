@@ -1,4 +1,4 @@
-"""The evaluation on a Dask LocalCluster: cases run in worker processes, traced from there."""
+"""The evaluation on a Dask LocalCluster: chunks of cases run in worker processes, traced there."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from flows.batch_evaluation import batch_evaluation
 from nexus_bedrock_tasks.evaluation.report import EvalSummary
 from nexus_bedrock_tasks.evaluation.results import read_results
-from tests.eval.test_eval_flow import DEMO, case_traces, check_case_trace
+from tests.eval.test_eval_flow import DEMO, case_traces, check_case_trace, task_part
 from tests.flow.conftest import PREFECT_SOCKET_WARNINGS, Traced
 
 pytest.importorskip("prefect_dask", reason="the dask extra: pip install -e '.[dask]'")
@@ -32,7 +32,9 @@ def test_dask_local_cluster_runs_and_traces_cases_in_worker_processes(
         {"id": "wrong", "prompt": "What is there to see in Lisbon?", "must_contain": ["snow"]},
     ]  # fmt: skip
     summary: EvalSummary = stack.loop.run(
-        batch_evaluation(cases, **DEMO, concurrency=4, task_runner="dask", dask_workers=2)
+        batch_evaluation(
+            cases, **DEMO, concurrency=2, cases_per_task=2, task_runner="dask", dask_workers=2
+        )
     )
     assert (summary.cases, summary.passed) == (4, 3)
     results = {r.id: r for r in read_results(Path(summary.results_path or ""))}
@@ -41,3 +43,6 @@ def test_dask_local_cluster_runs_and_traces_cases_in_worker_processes(
     assert set(traces) == set(results)
     for case_id, trace in traces.items():
         check_case_trace(trace, results[case_id], summary)
+    parts = {case_id: task_part(trace) for case_id, trace in traces.items()}
+    assert parts["pack"][0] == parts["lisbon"][0] != parts["recall"][0] == parts["wrong"][0]
+    assert [parts[c][1] for c in ("pack", "lisbon", "recall", "wrong")] == [1, 2, 1, 2]

@@ -93,12 +93,21 @@ def check_case_trace(trace: dict[str, Any], result: CaseResult, summary: EvalSum
     llm = [s for s in spans if s["name"].startswith("llm:")]
     assert figures["llm_calls"] == len(llm)
     assert sum(output(s)["input_tokens"] for s in llm) == figures["input_tokens"]
-    (case_task,) = by_name["task:evaluate_case"]  # the case's one task run: steps inline
-    assert [name for name in by_name if name.startswith("task:")] == ["task:evaluate_case"]
+    (case_task,) = by_name["task:evaluate_cases"]  # the case's part of its task run
+    assert [name for name in by_name if name.startswith("task:")] == ["task:evaluate_cases"]
     assert all(span["parent_span_id"] == case_task["id"] for span in llm)
     assert case_task["parent_span_id"] is None and case_task["status"] == "ok"
     task_result = output(case_task)["result"]
     assert task_result["case_id"] == result.id and task_result["passed"] is result.passed
+    assert len(task_result["task_run_id"]) == 32
+    assert 1 <= task_result["position"] <= task_result["chunk_size"]
+
+
+def task_part(trace: dict[str, Any]) -> tuple[str, int, int]:
+    """(task run id, position, chunk size) of a case trace's `task:evaluate_cases` span."""
+    (span,) = spans_by_name(trace)["task:evaluate_cases"]
+    part = output(span)["result"]
+    return part["task_run_id"], part["position"], part["chunk_size"]
 
 
 def test_cases_run_scored_and_traced_with_bad_lines_reported(
@@ -157,7 +166,7 @@ def test_cases_run_scored_and_traced_with_bad_lines_reported(
         == (weather["return_control"][0]["id"])
     )
     recall = spans_by_name(traces["recall"])
-    assert len(recall["task:evaluate_case"]) == 1 and len(recall["llm:orchestration"]) >= 2
+    assert len(recall["task:evaluate_cases"]) == 1 and len(recall["llm:orchestration"]) >= 2
     assert traces["recall"]["metadata"]["turn"] == 2
     assert traces["recall"]["metadata"]["session_id"].startswith("nbt-")
     assert traces["agent-error"]["metadata"]["session_id"] == failing_session
@@ -226,7 +235,13 @@ def test_thread_runner_and_defaults_for_limits(stack: Traced, tmp_path: Path) ->
     ]
     summary: EvalSummary = stack.loop.run(
         batch_evaluation(
-            cases, **DEMO, concurrency=2, task_runner="thread", max_tokens=1, max_latency_s=60
+            cases,
+            **DEMO,
+            concurrency=2,
+            cases_per_task=2,
+            task_runner="thread",
+            max_tokens=1,
+            max_latency_s=60,
         )
     )
     assert summary.dataset == "<dataset list>" and summary.cases == 5 and summary.passed == 1
@@ -235,7 +250,13 @@ def test_thread_runner_and_defaults_for_limits(stack: Traced, tmp_path: Path) ->
     assert results["strict"].passed and results["strict"].scores["tokens"] is True
     traces = case_traces(stack, summary.eval_run_id)
     assert set(traces) == set(results)
-    check_case_trace(traces["strict"], results["strict"], summary)
+    for case_id, trace in traces.items():
+        check_case_trace(trace, results[case_id], summary)
+    parts = {case_id: task_part(trace) for case_id, trace in traces.items()}
+    assert [parts[c][1:] for c in ("c0", "c1", "c2", "c3", "strict")] == [
+        (1, 2), (2, 2), (1, 2), (2, 2), (1, 1)
+    ]  # fmt: skip
+    assert parts["c0"][0] == parts["c1"][0] != parts["c2"][0] == parts["c3"][0]
 
 
 def test_a_timed_out_run_still_ends_its_case_traces(stack: Traced, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Nexus trace ids reach the results without a case waiting for them (`_with_trace_ids`)."""
+"""Nexus trace ids reach the results without a case waiting for them (`with_trace_ids`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-import flows.batch_evaluation as batch_module
-from flows.batch_evaluation import _with_trace_ids
+import nexus_bedrock_tasks.evaluation.localrun as localrun
+from nexus_bedrock_tasks.evaluation.localrun import with_trace_ids
 from nexus_bedrock_tasks.evaluation.results import CaseResult
 
 
@@ -40,7 +40,7 @@ async def cases(tracer: AcknowledgingTracer, acks: list[list[str]]) -> AsyncIter
 
 def collect(tracer: AcknowledgingTracer, acks: list[list[str]], wait_s: float) -> list[CaseResult]:
     async def run() -> list[CaseResult]:
-        return [r async for r in _with_trace_ids(cases(tracer, acks), wait_s)]
+        return [r async for r in with_trace_ids(cases(tracer, acks), wait_s)]
 
     return asyncio.run(run())
 
@@ -49,7 +49,7 @@ def test_results_wait_for_their_ids_in_order_and_the_rest_wait_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tracer = AcknowledgingTracer()
-    monkeypatch.setattr(batch_module, "get_tracer", lambda: tracer)
+    monkeypatch.setattr(localrun, "get_tracer", lambda: tracer)
     # Case 0 is acknowledged after case 1 finished; case 2 never; case 3 had its id.
     out = collect(tracer, [[], ["1", "0"], [], []], wait_s=0.01)
     assert [(r.id, r.trace_id) for r in out] == [
@@ -63,7 +63,7 @@ def test_results_wait_for_their_ids_in_order_and_the_rest_wait_once(
 
 def test_without_export_results_pass_straight_through(monkeypatch: pytest.MonkeyPatch) -> None:
     tracer = AcknowledgingTracer(enabled=False)
-    monkeypatch.setattr(batch_module, "get_tracer", lambda: tracer)
+    monkeypatch.setattr(localrun, "get_tracer", lambda: tracer)
     out = collect(tracer, [[], [], [], []], wait_s=5)
     assert [(r.id, r.trace_id) for r in out] == [
         ("0", None),
@@ -76,8 +76,8 @@ def test_without_export_results_pass_straight_through(monkeypatch: pytest.Monkey
 
 def test_past_the_cap_the_oldest_goes_on_without_its_id(monkeypatch: pytest.MonkeyPatch) -> None:
     tracer = AcknowledgingTracer()
-    monkeypatch.setattr(batch_module, "get_tracer", lambda: tracer)
-    monkeypatch.setattr(batch_module, "_MAX_AWAITING_TRACE_ID", 1)
+    monkeypatch.setattr(localrun, "get_tracer", lambda: tracer)
+    monkeypatch.setattr(localrun, "MAX_AWAITING_TRACE_ID", 1)
     out = collect(tracer, [[], ["1"], ["2"], []], wait_s=0)
     assert [(r.id, r.trace_id) for r in out] == [
         ("0", None),

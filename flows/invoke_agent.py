@@ -28,6 +28,10 @@ def _parameter_error(exc: ValidationError) -> ConfigError:
     # Prefect would build a pydantic model of the signature on every call (~10 ms);
     # `InvocationParams` checks the same types, naming the parameter.
     validate_parameters=False,
+    # The answer is returned and mirrored into Nexus; Prefect would otherwise ask the
+    # server for its default result storage on every run (~9 ms). Persist it with
+    # `invoke_agent_flow.with_options(persist_result=True)`.
+    persist_result=False,
     on_running=[hooks.on_flow_running],
     on_completion=[hooks.on_flow_completion],
     on_failure=[hooks.on_flow_failure],

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from nexus_bedrock_tasks import semconv
-from nexus_bedrock_tasks.settings import NexusSettings
+from nexus_bedrock_tasks.settings import nexus_settings
 from nexus_bedrock_tasks.tracing import get_tracer, trace_key
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def on_flow_running(flow: Any, flow_run: Any, state: Any) -> None:
     get_tracer().begin(
         flow_run.id,
         name=semconv.trace_name(str(params.get("prompt", ""))),
-        agent_name=NexusSettings().agent_id,
+        agent_name=nexus_settings().agent_id,
         metadata=trace_metadata(flow, flow_run),
     )
 

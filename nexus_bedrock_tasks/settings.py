@@ -109,22 +109,36 @@ class BedrockTasksSettings(BaseSettings):
 _SETTINGS_INPUTS = ("XDG_DATA_HOME", "HOME")
 
 
+def _environment(prefix: str, names: tuple[str, ...] = ()) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        sorted(
+            (name, value)
+            for name, value in os.environ.items()
+            if name.startswith(prefix) or name in names
+        )
+    )
+
+
 def task_settings() -> BedrockTasksSettings:
     """`BedrockTasksSettings()`, made again only when the environment it reads changed.
 
     Building settings parses the environment (~1 ms); a batch builds them per case.
     Treat the result as read-only: it is shared.
     """
-    key = tuple(
-        sorted(
-            (name, value)
-            for name, value in os.environ.items()
-            if name.startswith("NEXUS_BEDROCK_") or name in _SETTINGS_INPUTS
-        )
-    )
-    return _task_settings_for(key)
+    return _task_settings_for(_environment("NEXUS_BEDROCK_", _SETTINGS_INPUTS))
 
 
 @functools.lru_cache(maxsize=8)
 def _task_settings_for(_environment: tuple[tuple[str, str], ...]) -> BedrockTasksSettings:
     return BedrockTasksSettings()
+
+
+def nexus_settings() -> NexusSettings:
+    """`NexusSettings()`, made again only when a ``NEXUS_*`` variable changed (the flow
+    hooks read it on every run). Treat the result as read-only: it is shared."""
+    return _nexus_settings_for(_environment("NEXUS_"))
+
+
+@functools.lru_cache(maxsize=8)
+def _nexus_settings_for(_environment: tuple[tuple[str, str], ...]) -> NexusSettings:
+    return NexusSettings()

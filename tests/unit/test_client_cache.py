@@ -80,3 +80,13 @@ def test_task_settings_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("NEXUS_BEDROCK_EVAL_RESULTS_DIR", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", "/tmp/elsewhere")
     assert str(task_settings().eval_results_dir).startswith("/tmp/elsewhere/")
+
+
+def test_nexus_settings_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nexus_bedrock_tasks.settings import nexus_settings
+
+    monkeypatch.setenv("NEXUS_AGENT_ID", "first-agent")
+    first = nexus_settings()
+    assert nexus_settings() is first and first.agent_id == "first-agent"
+    monkeypatch.setenv("NEXUS_AGENT_ID", "second-agent")
+    assert nexus_settings().agent_id == "second-agent"

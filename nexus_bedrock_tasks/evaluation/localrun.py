@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from prefect.utilities.annotations import quote
+
 from nexus_bedrock_tasks.bedrock.client import make_client
 from nexus_bedrock_tasks.evaluation.cases import EvalCase
 from nexus_bedrock_tasks.evaluation.casework import (
@@ -160,13 +162,19 @@ async def run_locally(
         async def run_chunk(item: BadLine | list[EvalCase]) -> list[CaseResult]:
             if isinstance(item, BadLine):
                 return [bad_line_result(item)]
-            parameters = {"cases": item, "config": config, "client": client}
+            parameters: dict[str, Any] = {"cases": item, "config": config, "client": client}
+            if run.runner != "dask":
+                # Quoted, Prefect does not walk every case's fields looking for futures
+                # (Dask would turn the quote, a named tuple, into a plain tuple).
+                parameters.update(cases=quote(item), config=quote(config))
             try:
+                results: list[CaseResult]
                 if submitted is not None:
-                    results: list[CaseResult] = await submitted.run(evaluate_cases, parameters)
+                    results = await submitted.run(evaluate_cases, parameters)
                     return results
                 with own_run_results():
-                    return await evaluate_cases(item, config, client)
+                    results = await evaluate_cases(**parameters)
+                    return results
             except Exception as exc:
                 return chunk_failed(item, exc)
 

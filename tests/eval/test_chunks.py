@@ -84,8 +84,8 @@ def test_a_failed_chunk_task_run_fails_its_cases_and_the_other_chunks_go_on(
 ) -> None:
     seen: list[list[str]] = []
 
-    async def chunk_task(chunk: list[EvalCase], config: Any, client: Any) -> list[CaseResult]:
-        ids = [case.id for case in chunk]
+    async def chunk_task(cases: Any, config: Any, client: Any) -> list[CaseResult]:
+        ids = [case.id for case in cases.unquote()]  # what Prefect would unwrap
         seen.append(ids)
         if "c2" in ids:
             raise RuntimeError("worker lost")

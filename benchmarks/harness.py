@@ -173,15 +173,34 @@ def cpus(measures: Sequence[Measure]) -> list[float]:
 def median_difference_ci(
     a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 8
 ) -> tuple[float, float]:
-    """A 90 % bootstrap interval of median(a) − median(b): how far noise moves it."""
+    """A 90 % bootstrap interval of the cost of `a` over `b`: how far noise moves it.
+
+    Equal lengths mean paired samples (round i of `a` ran next to round i of `b`), and
+    the pairs are resampled; otherwise each side is resampled on its own.
+    """
     import random
 
     draw = random.Random(seed)
-    differences = sorted(
-        median(draw.choices(a, k=len(a))) - median(draw.choices(b, k=len(b)))
-        for _ in range(resamples)
-    )
+    if len(a) == len(b):
+        pairs = list(zip(a, b, strict=True))
+        differences = sorted(
+            median([x - y for x, y in draw.choices(pairs, k=len(pairs))]) for _ in range(resamples)
+        )
+    else:
+        differences = sorted(
+            median(draw.choices(a, k=len(a))) - median(draw.choices(b, k=len(b)))
+            for _ in range(resamples)
+        )
     return differences[int(0.05 * resamples)], differences[int(0.95 * resamples) - 1]
+
+
+def median_cost(a: Sequence[float], b: Sequence[float]) -> float:
+    """What `a` costs over `b`: the median of the per-round differences when the samples
+    are paired (equal lengths, interleaved rounds: drift in machine load cancels within
+    a pair), else median(a) − median(b)."""
+    if len(a) == len(b):
+        return median([x - y for x, y in zip(a, b, strict=True)])
+    return median(a) - median(b)
 
 
 # -- emulator and Nexus knobs over HTTP ---------------------------------------------------

@@ -95,11 +95,13 @@ def tracing_figure(
         key="tracing_overhead_ratio",
         value=ratio,
         measured=(
-            f"ours {ours['ms']:.1f} ms (traced − export-off flow, medians; 90 % CI "
+            f"ours {ours['ms']:.1f} ms (traced − export-off flow, median of paired rounds; "
+            "90 % CI "
             f"{ours['ci90_low_ms']:.0f}…{ours['ci90_high_ms']:.0f})"
         ),
         baseline=(
-            f"OpenInference {oi_wall['ms']:.1f} ms (instrumented − raw call, medians; 90 % CI "
+            f"OpenInference {oi_wall['ms']:.1f} ms (instrumented − raw call, median of paired "
+            "rounds; 90 % CI "
             f"{oi_wall['ci90_low_ms']:.0f}…{oi_wall['ci90_high_ms']:.0f})"
         ),
         ratio=ratio,

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -52,10 +53,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def socket_url(sock: socket.socket) -> str:
-    """`http://host:port` of a bound socket (IPv6 hosts in brackets)."""
+def socket_url(sock: socket.socket, scheme: str = "http") -> str:
+    """`http://host:port` (or `scheme`) of a bound socket (IPv6 hosts in brackets)."""
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 @contextmanager
@@ -67,8 +68,11 @@ def serve_in_background(
     name: str,
     health_path: str,
     startup_timeout_s: float = 10.0,
+    verify: ssl.SSLContext | bool = True,
 ) -> Iterator[str]:
     """Run `server` on a new socket in a daemon thread until the block ends; yield its URL.
+
+    A server configured with a certificate (`ssl_certfile`) serves https, and the URL says so.
 
     Args:
         server: a uvicorn server, not started.
@@ -77,17 +81,19 @@ def serve_in_background(
         name: the thread's name, also used in error messages.
         health_path: a route that answers 200 once the app serves.
         startup_timeout_s: how long to wait for that answer.
+        verify: how the health probe checks an https server's certificate (tests serving
+            TLS pass a context trusting their own CA).
 
     Raises:
         OSError: the socket could not be bound.
         RuntimeError: the server stopped during startup, or did not answer in time.
     """
     sock = bind_socket(host, port)
-    url = socket_url(sock)
+    url = socket_url(sock, "https" if server.config.is_ssl else "http")
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=name, daemon=True)
     thread.start()
     try:
-        wait_until_healthy(url + health_path, thread, name, startup_timeout_s)
+        wait_until_healthy(url + health_path, thread, name, startup_timeout_s, verify=verify)
         yield url
     finally:
         server.should_exit = True
@@ -95,7 +101,14 @@ def serve_in_background(
         sock.close()
 
 
-def wait_until_healthy(url: str, thread: threading.Thread, name: str, timeout_s: float) -> None:
+def wait_until_healthy(
+    url: str,
+    thread: threading.Thread,
+    name: str,
+    timeout_s: float,
+    *,
+    verify: ssl.SSLContext | bool = True,
+) -> None:
     """Poll `url` until it answers 200, while the server `thread` lives.
 
     Raises:
@@ -103,7 +116,7 @@ def wait_until_healthy(url: str, thread: threading.Thread, name: str, timeout_s:
     """
     deadline = time.monotonic() + timeout_s
     # trust_env=False: a proxy from the environment must not intercept a loopback probe.
-    with httpx.Client(timeout=1.0, trust_env=False) as client:
+    with httpx.Client(timeout=1.0, trust_env=False, verify=verify) as client:
         while time.monotonic() < deadline:
             if not thread.is_alive():
                 raise RuntimeError(f"{name} stopped during startup (see the log)")

@@ -206,7 +206,7 @@ class NexusClient:
         items = json_of(response)
         if not isinstance(items, list):
             raise NexusError(response.status_code, "trace list is not a JSON array")
-        total = response.headers.get("X-Total-Count")
+        total = response.header("X-Total-Count")
         return TracePage(items=items, total=int(total) if total and total.isdigit() else None)
 
     def get_trace(self, trace_id: str) -> dict[str, Any]:

@@ -4,6 +4,9 @@ Retry layer: this is the only place that retries Nexus requests (tenacity): conn
 errors, timeouts, 5xx and 429 with ``Retry-After``, jittered exponential backoff,
 ``Retry-After`` honoured, at most ``NexusSettings.max_retries`` retries. Every other answer
 becomes a typed error of `nexus_bedrock_tasks.exceptions` at once.
+
+Writes (POST, PATCH) go through `transport.ThreadConnections` when it applies, everything
+else through `httpx.Client`; both give an `Answer` and the same errors.
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ from nexus_bedrock_tasks.exceptions import (
     NexusValidationError,
 )
 from nexus_bedrock_tasks.nexus.redact import Redactor
+from nexus_bedrock_tasks.nexus.transport import (
+    TRANSPORT_ERRORS,
+    UNSENT_ERRORS,
+    Answer,
+    ThreadConnections,
+    lean_path_applies,
+)
 from nexus_bedrock_tasks.settings import NexusSettings
 
 logger = logging.getLogger(__name__)
@@ -38,7 +48,7 @@ logger = logging.getLogger(__name__)
 # keeps the data spooled and comes back later instead of parking a thread for minutes.
 MAX_RETRY_AFTER_S = 60.0
 # These failures prove the request was not processed, so re-sending cannot duplicate.
-_UNSENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+_UNSENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, *UNSENT_ERRORS)
 _UNSTORED_STATUSES = frozenset({429, 502, 503, 504})
 
 T = TypeVar("T")
@@ -111,7 +121,7 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class NexusWire:
-    """One httpx connection pool to Nexus, with error translation and retries.
+    """The connections to Nexus, with error translation and retries.
 
     Args:
         settings: timeouts and the retry bound.
@@ -137,14 +147,24 @@ class NexusWire:
         headers = {"Accept": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
+        timeout = httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s)
+        # Plain http (the local Nexus) never uses TLS: skip loading the CA bundle (~25 ms
+        # per process). Redirects are not followed, so no https URL is reached. https
+        # loads it once, for both paths: httpx's verified default (SSL_CERT_FILE honoured).
+        ssl_context = (
+            httpx.create_ssl_context(verify=True) if urlsplit(base_url).scheme == "https" else None
+        )
         self._http = httpx.Client(
             base_url=base_url,
             headers=headers,
-            timeout=httpx.Timeout(settings.read_timeout_s, connect=settings.connect_timeout_s),
+            timeout=timeout,
             transport=transport,
-            # Plain http (the local Nexus) never uses TLS: skip loading the CA bundle
-            # (~25 ms per process). Redirects are not followed, so no https URL is reached.
-            verify=urlsplit(base_url).scheme == "https",
+            verify=ssl_context if ssl_context is not None else False,
+        )
+        self._writes = (
+            ThreadConnections(base_url, headers, timeout, ssl_context)
+            if transport is None and lean_path_applies(base_url)
+            else None
         )
         self._sleep = sleep if sleep is not None else time.sleep
         self._backoff = jittered_exponential(multiplier=0.25, max=8.0)
@@ -155,6 +175,21 @@ class NexusWire:
         Raises:
             NexusUnavailableError: the last attempt failed transiently.
         """
+        # Nearly every request succeeds at once: building tenacity's machinery for it
+        # would cost more CPU than the request. The first failure hands over to tenacity,
+        # which counts it as its own first attempt, so waits and bounds are unchanged.
+        try:
+            return attempt()
+        except TransientError as exc:
+            first: TransientError | None = exc
+
+        def replay_then_attempt() -> T:
+            nonlocal first
+            if first is not None:
+                failed, first = first, None
+                raise failed
+            return attempt()
+
         retrying = Retrying(
             retry=retry_if_exception(_retryable),
             stop=stop_after_attempt(self.settings.max_retries + 1),
@@ -164,7 +199,7 @@ class NexusWire:
             reraise=True,
         )
         try:
-            return retrying(attempt)
+            return retrying(replay_then_attempt)
         except TransientError as exc:
             raise NexusUnavailableError(
                 exc.message, status_code=exc.status_code, retry_after=exc.retry_after
@@ -187,7 +222,7 @@ class NexusWire:
         body: dict[str, Any] | None = None,
         *,
         params: dict[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> Answer:
         """One attempt; a success, or `TransientError`, or a typed `NexusError`."""
         content = None
         headers = None
@@ -196,10 +231,15 @@ class NexusWire:
             content = json.dumps(body, default=str, ensure_ascii=False).encode()
             headers = {"Content-Type": "application/json"}
         try:
-            response = self._http.request(
-                method, path, content=content, params=params, headers=headers
-            )
-        except httpx.TransportError as exc:
+            if content is not None and params is None and self._writes is not None:
+                response = self._writes.request(method, path, content)
+            else:
+                response = Answer.of(
+                    self._http.request(
+                        method, path, content=content, params=params, headers=headers
+                    )
+                )
+        except (httpx.TransportError, *TRANSPORT_ERRORS) as exc:
             raise TransientError(
                 f"{method} {path}: {type(exc).__name__}: {exc}",
                 status_code=None,
@@ -207,7 +247,7 @@ class NexusWire:
                 sent=not isinstance(exc, _UNSENT_ERRORS),
             ) from exc
         status = response.status_code
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        retry_after = parse_retry_after(response.header("Retry-After"))
         if status >= 500 or (status == 429 and retry_after is not None):
             raise TransientError(
                 f"{method} {path}: {status} {self._message(response)}",
@@ -219,7 +259,7 @@ class NexusWire:
             raise self._error(response)
         return response
 
-    def _error(self, response: httpx.Response) -> NexusError:
+    def _error(self, response: Answer) -> NexusError:
         status = response.status_code
         message = self._message(response)
         body = _json_or_none(response)
@@ -242,7 +282,7 @@ class NexusWire:
             return NexusNotFoundError(status, message)
         return NexusError(status, message)
 
-    def _message(self, response: httpx.Response) -> str:
+    def _message(self, response: Answer) -> str:
         body = _json_or_none(response)
         if isinstance(body, dict) and isinstance(body.get("error"), str):
             text: str = body["error"]
@@ -251,11 +291,13 @@ class NexusWire:
         return self.redactor.redact(text)
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close every connection."""
         self._http.close()
+        if self._writes is not None:
+            self._writes.close()
 
 
-def id_from(response: httpx.Response, key: str) -> str:
+def id_from(response: Answer, key: str) -> str:
     """The id under `key` of a JSON answer (``trace_id``, ``span_id``)."""
     body = _json_or_none(response)
     value = body.get(key) if isinstance(body, dict) else None
@@ -264,7 +306,7 @@ def id_from(response: httpx.Response, key: str) -> str:
     return value
 
 
-def json_of(response: httpx.Response) -> Any:
+def json_of(response: Answer) -> Any:
     """The JSON body of an answer, or `NexusError` when it is not JSON."""
     try:
         return response.json()
@@ -272,7 +314,7 @@ def json_of(response: httpx.Response) -> Any:
         raise NexusError(response.status_code, "answer is not JSON") from exc
 
 
-def _json_or_none(response: httpx.Response) -> Any:
+def _json_or_none(response: Answer) -> Any:
     try:
         return response.json()
     except ValueError:

@@ -254,9 +254,13 @@ def test_client_without_key_sends_no_authorization(fake: FakeNexus) -> None:
     ("base_url", "verified"), [("https://nexus.example", True), ("http://127.0.0.1:8765", False)]
 )
 def test_https_is_always_verified_and_plain_http_loads_no_ca_bundle(
-    base_url: str, verified: bool
+    base_url: str, verified: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ssl
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("all_proxy", raising=False)
 
     from nexus_bedrock_tasks.nexus.redact import Redactor
     from nexus_bedrock_tasks.nexus.wire import NexusWire
@@ -267,3 +271,7 @@ def test_https_is_always_verified_and_plain_http_loads_no_ca_bundle(
     context = wire._http._transport._pool._ssl_context  # type: ignore[attr-defined]
     assert (context.verify_mode == ssl.CERT_REQUIRED) is verified
     assert context.check_hostname is verified
+    # The write path shares that verified context; over plain http it has none to load.
+    assert wire._writes is not None
+    assert wire._writes._ssl_context is (context if verified else None)
+    wire.close()

@@ -1,9 +1,10 @@
 """The exporter's dispatcher thread: orders spooled operations and hands them to workers.
 
 It alone touches the `DeliveryScheduler`. Per cycle it takes in newly spooled operations
-and delivery outcomes, deletes acknowledged rows in one transaction, looks up ids other
-processes delivered, and hands ready operations to the workers after marking them in the
-outbox (so a process dying mid-POST leaves a mark, and the next delivery looks first).
+and delivery outcomes, looks up ids other processes delivered, and hands ready operations
+to the workers. One outbox transaction per cycle deletes the acknowledged rows and marks
+the operations handed out, before they go (so a process dying mid-POST leaves a mark, and
+the next delivery looks first).
 
 Pauses: after Nexus was unavailable (doubling delays up to a minute, or ``Retry-After``),
 after an auth error (everything, for minutes), after a plan limit (trace creation only:
@@ -64,6 +65,10 @@ class OnceLogger:
 class Mailbox:
     """What caller, worker and dispatcher threads hand each other, guarded by `cond`.
 
+    Two conditions share one lock: `cond` wakes the dispatcher (news for it), `progress`
+    wakes whoever waits for its cycles (flush, trace ids), so a burst of delivery
+    outcomes does not wake those waiters once per request.
+
     Attributes:
         incoming: operations spooled and not yet taken in by the dispatcher.
         results: delivery outcomes not yet applied.
@@ -75,7 +80,9 @@ class Mailbox:
         trace_ids: Nexus ids of traces delivered by this process (the latest ones).
     """
 
-    cond: threading.Condition = field(default_factory=threading.Condition)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    cond: threading.Condition = field(init=False)
+    progress: threading.Condition = field(init=False)
     incoming: list[OutboxOp] = field(default_factory=list)
     results: list[Outcome] = field(default_factory=list)
     stopping: bool = False
@@ -87,6 +94,10 @@ class Mailbox:
     busy: bool = False
     counts: Counter[str] = field(default_factory=Counter)
     trace_ids: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.cond = threading.Condition(self.lock)
+        self.progress = threading.Condition(self.lock)
 
 
 class Dispatcher:
@@ -161,20 +172,20 @@ class Dispatcher:
             if close_traces and not closed_all:
                 scheduler.close_all()
                 closed_all = True
-            self._record(scheduler, results)
+            acks = self._record(scheduler, results)
             now = time.monotonic()
             again = now >= next_poll
             if again:
                 next_poll = now + POLL_S
             self._resolve(scheduler, again=again)
-            if not stopping and now >= self._resume_at:
-                self._dispatch(scheduler)
+            batch = self._take(scheduler) if not stopping and now >= self._resume_at else []
+            self._settle(scheduler, acks, batch)
             with self._box.cond:
                 self._box.pending = scheduler.pending
                 self._box.stalled = scheduler.inflight == 0 and self._sendable(scheduler, now) == 0
                 self._box.cycles += 1
                 self._box.busy = False
-                self._box.cond.notify_all()
+                self._box.progress.notify_all()
             if stopping:
                 return
 
@@ -243,31 +254,36 @@ class Dispatcher:
                     scheduler.learn(trace_local_id, local_id, found[local_id])
             wanted = scheduler.unresolved() if found else []
 
-    def _dispatch(self, scheduler: DeliveryScheduler) -> None:
+    def _take(self, scheduler: DeliveryScheduler) -> list[Delivery]:
         creates = time.monotonic() >= self._creates_resume_at
-        batch = scheduler.take(self._max_inflight - scheduler.inflight, creates=creates)
-        if not batch:
-            return
+        return scheduler.take(self._max_inflight - scheduler.inflight, creates=creates)
+
+    def _settle(
+        self,
+        scheduler: DeliveryScheduler,
+        acks: list[tuple[OutboxOp, str | None]],
+        batch: list[Delivery],
+    ) -> None:
+        """Write the cycle to the outbox, then hand `batch` to the workers."""
         try:
-            # Before the first byte goes: a process dying mid-POST leaves a marked row,
-            # which the next delivery looks up in Nexus instead of posting twice.
-            self._outbox.mark_attempted([d.op.seq for d in batch if not d.op.attempted])
+            # Marks before the first byte goes: a process dying mid-POST leaves a marked
+            # row, which the next delivery looks up in Nexus instead of posting twice.
+            self._outbox.settle(acks, [d.op.seq for d in batch if not d.op.attempted])
         except sqlite3.Error as exc:
-            self._log.warn("mark", f"Nexus export: cannot write the outbox ({exc})")
+            # Acknowledged rows stay spooled and marked: a later run finds them in Nexus.
+            # Unmarked operations must not go.
+            self._log.warn("write", f"Nexus export: cannot write the outbox ({exc})")
             for item in reversed(batch):
                 scheduler.retry(item.op)
             return
         for item in batch:
             self._submit(item)
 
-    def _record(self, scheduler: DeliveryScheduler, results: list[Outcome]) -> None:
-        """Apply delivery outcomes: delete acknowledged rows, requeue, park, pause."""
+    def _record(
+        self, scheduler: DeliveryScheduler, results: list[Outcome]
+    ) -> list[tuple[OutboxOp, str | None]]:
+        """Apply delivery outcomes: requeue, park, pause; returns the rows to delete."""
         acks = [(r.delivery.op, r.nexus_id) for r in results if r.kind == "ok"]
-        try:
-            self._outbox.acknowledge(acks)
-        except sqlite3.Error as exc:
-            # Delivered but still spooled and marked: a later run finds them in Nexus.
-            self._log.warn("ack", f"Nexus export: cannot write the outbox ({exc})")
         transient: NexusUnavailableError | None = None
         error: BaseException | None = None
         for result in results:
@@ -315,6 +331,7 @@ class Dispatcher:
             )
         if error is not None:
             self._set_last_error(f"{type(error).__name__}: {error}")
+        return acks
 
     def _remember_trace_id(self, trace_local_id: str, nexus_id: str) -> None:
         with self._box.cond:

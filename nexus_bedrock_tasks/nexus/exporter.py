@@ -143,7 +143,7 @@ class NexusExporter:
             self._box,
             self._work.put,
             self._log,
-            max_inflight=2 * self._workers,
+            max_inflight=4 * self._workers,
             redelivery_delay=self._redelivery_delay,
         )
         self._threads = [threading.Thread(target=dispatcher.run, name="nexus-dispatch")]
@@ -175,7 +175,7 @@ class NexusExporter:
                 left = deadline - time.monotonic()
                 if (box.cycles > cycle and idle) or left <= 0:
                     break
-                box.cond.wait(left)
+                box.progress.wait(left)
             return len(box.incoming) + box.pending
 
     def close(self, timeout: float = 10.0) -> int:
@@ -194,6 +194,7 @@ class NexusExporter:
             self._state = "closed"
             self._box.stopping = True
             self._box.cond.notify_all()
+            self._box.progress.notify_all()
         if was_running:
             for _ in range(self._workers):
                 self._work.put(None)
@@ -283,7 +284,7 @@ class NexusExporter:
             return
         with self._box.cond:
             self._box.incoming.extend(ops)
-            self._box.cond.notify_all()
+            self._box.cond.notify()
 
     # -- queries -------------------------------------------------------------------------
 
@@ -298,7 +299,7 @@ class NexusExporter:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._state != "running":
                     break
-                box.cond.wait(left)
+                box.progress.wait(left)
             found = box.trace_ids.get(trace_local_id)
         if found is None and self._outbox is not None and self._state != "closed":
             # Delivered by an earlier process, or too long ago to be remembered in memory.
@@ -328,7 +329,7 @@ class NexusExporter:
                 outcome = delivery.deliver(client, job, hard_limit=hard_limit)
                 with self._box.cond:
                     self._box.results.append(outcome)
-                    self._box.cond.notify_all()
+                    self._box.cond.notify()
             else:
                 self._send_otlp(job)
 

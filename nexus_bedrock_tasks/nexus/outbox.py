@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, TypeVar
 
 from nexus_bedrock_tasks.nexus.records import iso
 
@@ -93,6 +93,20 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(_SCHEMA)
     return conn
+
+
+_T = TypeVar("_T")
+# Rows per statement: well under SQLite's bound on bound parameters (999 before 3.32).
+_CHUNK = 250
+
+
+def _chunks(items: list[_T]) -> Iterator[list[_T]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _marks(count: int) -> str:
+    return ",".join("?" * count)
 
 
 def _create_private(path: Path) -> None:
@@ -188,27 +202,46 @@ class Outbox:
 
     def mark_attempted(self, seqs: Sequence[int]) -> None:
         """Record that these operations are about to be sent (before the first byte goes)."""
-        if seqs:
-            with self._transaction() as conn:
-                conn.executemany("UPDATE ops SET attempted = 1 WHERE seq = ?", [(s,) for s in seqs])
+        self.settle([], seqs)
 
     def acknowledge(self, acks: Sequence[tuple[OutboxOp, str | None]]) -> None:
-        """Delete delivered operations and keep the Nexus ids they got, in one transaction.
+        """Delete delivered operations and keep the Nexus ids they got, in one transaction."""
+        self.settle(acks, [])
 
-        When nothing is left in the file, the stored `last_error` goes too: it described
-        data that has since been delivered.
+    def settle(self, acks: Sequence[tuple[OutboxOp, str | None]], attempted: Sequence[int]) -> None:
+        """One dispatcher cycle's writes, in one transaction: delete delivered operations
+        (keeping the Nexus ids they got) and mark those about to be sent.
+
+        A few set-wise statements, not one per row: the exporter's dispatcher runs this
+        once per cycle, and every statement hands the GIL to the busy delivery threads and
+        waits to get it back. When nothing is left in the file, the stored `last_error`
+        goes too: it described data that has since been delivered.
+
+        Args:
+            acks: delivered operations and the Nexus id each got (None for a trace end).
+            attempted: seqs of operations about to be sent (before their first byte goes).
         """
-        if not acks:
+        if not acks and not attempted:
             return
         now = time.time()
+        ids = [(op.local_id, nexus_id, now) for op, nexus_id in acks if nexus_id is not None]
         with self._transaction() as conn:
-            conn.executemany("DELETE FROM ops WHERE seq = ?", [(op.seq,) for op, _ in acks])
-            conn.executemany(
-                "INSERT OR REPLACE INTO ids (local_id, nexus_id, created_at) VALUES (?, ?, ?)",
-                [(op.local_id, nexus_id, now) for op, nexus_id in acks if nexus_id is not None],
-            )
-            if conn.execute("SELECT 1 FROM ops LIMIT 1").fetchone() is None:
-                conn.execute("DELETE FROM meta WHERE key = 'last_error'")
+            for chunk in _chunks([op.seq for op, _ in acks]):
+                conn.execute(f"DELETE FROM ops WHERE seq IN ({_marks(len(chunk))})", chunk)
+            for rows in _chunks(ids):
+                values = ",".join(["(?, ?, ?)"] * len(rows))
+                conn.execute(
+                    f"INSERT OR REPLACE INTO ids (local_id, nexus_id, created_at) VALUES {values}",
+                    [value for row in rows for value in row],
+                )
+            if acks:
+                conn.execute(
+                    "DELETE FROM meta WHERE key = 'last_error' AND NOT EXISTS (SELECT 1 FROM ops)"
+                )
+            for chunk in _chunks(list(attempted)):
+                conn.execute(
+                    f"UPDATE ops SET attempted = 1 WHERE seq IN ({_marks(len(chunk))})", chunk
+                )
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -233,12 +266,12 @@ class Outbox:
         wanted = list(local_ids)
         found: dict[str, str] = {}
         with self._lock:
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start : start + 500]
-                marks = ",".join("?" * len(chunk))
+            for chunk in _chunks(wanted):
                 found.update(
                     self._conn.execute(
-                        f"SELECT local_id, nexus_id FROM ids WHERE local_id IN ({marks})", chunk
+                        f"SELECT local_id, nexus_id FROM ids WHERE local_id IN "
+                        f"({_marks(len(chunk))})",
+                        chunk,
                     ).fetchall()
                 )
         return found

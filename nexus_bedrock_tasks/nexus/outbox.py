@@ -95,6 +95,9 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+_OP_COLUMNS = "(kind, trace_local_id, local_id, parent_local_id, payload, owner, created_at)"
+# Rows of one multi-row INSERT: 7 parameters each, under SQLite's old bound of 999.
+_INSERT_ROWS = 140
 _T = TypeVar("_T")
 # Rows per statement: well under SQLite's bound on bound parameters (999 before 3.32).
 _CHUNK = 250
@@ -178,7 +181,11 @@ class Outbox:
         trace_local_id: str,
         items: Sequence[tuple[str, str | None, dict[str, Any]]],
     ) -> list[OutboxOp]:
-        """Spool several operations of one trace in one transaction (a turn's spans).
+        """Spool several operations of one trace atomically (a turn's spans).
+
+        Usually one statement (an INSERT of every row, returning their seqs): the caller is
+        the agent run's thread, and every statement hands the GIL to the delivery threads
+        and waits to get it back.
 
         Args:
             items: (local id, parent local id, payload) of each operation, in order.
@@ -186,19 +193,42 @@ class Outbox:
         if not items:
             return []
         now = time.time()
-        ops: list[OutboxOp] = []
-        with self._transaction() as conn:
-            for local_id, parent_local_id, payload in items:
-                text = json.dumps(payload, ensure_ascii=False, default=str)
-                cursor = conn.execute(
-                    "INSERT INTO ops (kind, trace_local_id, local_id, parent_local_id, payload,"
-                    " owner, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (kind, trace_local_id, local_id, parent_local_id, text, self.owner, now),
+        rows = [
+            (
+                kind,
+                trace_local_id,
+                local_id,
+                parent_local_id,
+                json.dumps(payload, ensure_ascii=False, default=str),
+                self.owner,
+                now,
+            )
+            for local_id, parent_local_id, payload in items
+        ]
+        local_ids = [local_id for local_id, _, _ in items]
+        if len(rows) <= _INSERT_ROWS and len(set(local_ids)) == len(local_ids):
+            values = ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+            with self._lock:
+                # RETURNING gives rows in no set order: the (unique) local ids map them.
+                seqs = dict(
+                    self._conn.execute(
+                        f"INSERT INTO ops {_OP_COLUMNS} VALUES {values} RETURNING local_id, seq",
+                        [value for row in rows for value in row],
+                    ).fetchall()
                 )
-                seq = cursor.lastrowid
-                assert seq is not None  # an INSERT always sets it
-                ops.append(OutboxOp(seq, kind, trace_local_id, local_id, parent_local_id, payload))
-        return ops
+        else:
+            seqs = {}
+            with self._transaction() as conn:
+                for row in rows:
+                    cursor = conn.execute(
+                        f"INSERT INTO ops {_OP_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?)", row
+                    )
+                    assert cursor.lastrowid is not None  # an INSERT always sets it
+                    seqs[row[2]] = cursor.lastrowid
+        return [
+            OutboxOp(seqs[local_id], kind, trace_local_id, local_id, parent_local_id, payload)
+            for local_id, parent_local_id, payload in items
+        ]
 
     def mark_attempted(self, seqs: Sequence[int]) -> None:
         """Record that these operations are about to be sent (before the first byte goes)."""

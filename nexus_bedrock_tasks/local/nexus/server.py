@@ -15,7 +15,9 @@ __all__ = ["bind_socket", "make_server", "socket_url"]
 def make_server(app: FastAPI, *, quiet: bool) -> uvicorn.Server:
     """A uvicorn server for `app` (not started), without an access log.
 
-    A log line per request would cost more than the span request it records.
+    A log line per request would cost more than the span request it records; for the
+    same reason answers carry no ``server`` and ``date`` lines (the hosted Nexus's
+    clients need neither, and every header line is parsed again by the client).
 
     Args:
         app: the ASGI app.
@@ -26,6 +28,8 @@ def make_server(app: FastAPI, *, quiet: bool) -> uvicorn.Server:
         app,
         log_level="warning" if quiet else "info",
         access_log=False,
+        server_header=False,
+        date_header=False,
         lifespan="on",
         proxy_headers=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,

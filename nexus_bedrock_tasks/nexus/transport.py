@@ -206,7 +206,9 @@ class ThreadConnections:
         self._extensions = {"timeout": timeout.as_dict()}
         self._backend = _OneWriteBackend()
         self._local = threading.local()
-        self._pools: list[httpcore.ConnectionPool] = []
+        # Each pool with the thread it belongs to: a pool outliving its thread is closed
+        # when the next thread opens one, so short-lived caller threads leak no sockets.
+        self._pools: list[tuple[threading.Thread, httpcore.ConnectionPool]] = []
         self._lock = threading.Lock()
         self._closed = False
 
@@ -245,17 +247,21 @@ class ThreadConnections:
         return Answer(response.status, response.headers, body, reason.decode("ascii", "ignore"))
 
     def _new_pool(self) -> httpcore.ConnectionPool:
+        pool = httpcore.ConnectionPool(
+            ssl_context=self._ssl_context,
+            max_connections=1,
+            max_keepalive_connections=1,
+            keepalive_expiry=KEEPALIVE_EXPIRY_S,
+            network_backend=self._backend,
+        )
         with self._lock:
             if self._closed:
                 raise RuntimeError("Cannot send a request, as the client has been closed.")
-            pool = httpcore.ConnectionPool(
-                ssl_context=self._ssl_context,
-                max_connections=1,
-                max_keepalive_connections=1,
-                keepalive_expiry=KEEPALIVE_EXPIRY_S,
-                network_backend=self._backend,
-            )
-            self._pools.append(pool)
+            stale = [old for thread, old in self._pools if not thread.is_alive()]
+            self._pools = [(t, p) for t, p in self._pools if t.is_alive()]
+            self._pools.append((threading.current_thread(), pool))
+        for old in stale:
+            old.close()
         self._local.pool = pool
         return pool
 
@@ -264,5 +270,5 @@ class ThreadConnections:
         with self._lock:
             self._closed = True
             pools, self._pools = self._pools, []
-        for pool in pools:
+        for _, pool in pools:
             pool.close()

@@ -96,8 +96,13 @@ def test_writes_go_over_one_connection_per_thread(make: type[NexusClient]) -> No
 
     writes = client._wire._writes
     assert writes is not None and len(writes._pools) == 4  # this thread and three others
+    late = threading.Thread(target=post, args=(3,))
+    late.start()
+    late.join()
+    # A new thread's connection closes those of the threads that are gone.
+    assert [thread for thread, _ in writes._pools] == [threading.current_thread(), late]
     stored = {row["id"]: row for row in stored_spans(client, trace_id)}
-    assert sorted(stored) == sorted([root, *ids])
+    assert sorted(stored) == sorted([root, *ids]) and len(ids) == 4
     assert all(stored[i]["parent_span_id"] == root for i in ids)
     assert stored[root]["output"] == '{"text": "task:drain"}'
     assert client.get_trace(trace_id)["status"] == "success"

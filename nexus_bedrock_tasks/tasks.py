@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -35,7 +36,7 @@ from nexus_bedrock_tasks.tools import (
     default_registry,
     run_tool_then,
 )
-from nexus_bedrock_tasks.tracing import describe, get_tracer, trace_key
+from nexus_bedrock_tasks.tracing import current_task_span, describe, get_tracer, trace_key
 
 _TASK_OPTIONS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False, **TASK_HOOKS}
 
@@ -68,11 +69,14 @@ class PlannedCall:
 
 
 def _run_ids() -> tuple[str | None, Any]:
-    """(the trace this task reports to, its task run id)."""
+    """(the trace this step reports to, the id of its `task:*` span: its task run's, or
+    `tracing.current_task_span` when a caller set one)."""
     context = TaskRunContext.get()
-    if context is None:
-        return trace_key(None), None
-    return trace_key(context.task_run.flow_run_id), context.task_run.id
+    span = current_task_span.get()
+    flow_run_id = None if context is None else context.task_run.flow_run_id
+    if span is not None:
+        return trace_key(flow_run_id), UUID(span)
+    return trace_key(flow_run_id), None if context is None else context.task_run.id
 
 
 def _note(output: Any) -> None:

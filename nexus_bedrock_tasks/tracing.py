@@ -60,6 +60,13 @@ case, and the nested tasks and their hooks (which inherit the context) report th
 """
 
 
+current_task_span: ContextVar[str | None] = ContextVar(
+    "nexus_bedrock_current_task_span", default=None
+)
+"""The `task:*` span the invocation steps report under, when it is not their task run's
+own: a batch case gives each case of a shared task run a span of its own."""
+
+
 def local_id(run_id: UUID | str) -> str:
     """The local trace/span id of a Prefect flow or task run (or an explicit trace key)."""
     if isinstance(run_id, UUID):

@@ -23,9 +23,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import uuid4
 
-from prefect.context import TaskRunContext
 from pydantic import BaseModel, Field
 
 from nexus_bedrock_tasks import semconv
@@ -46,7 +45,13 @@ from nexus_bedrock_tasks.runner import (
     run_invocation,
 )
 from nexus_bedrock_tasks.tools import load_tools
-from nexus_bedrock_tasks.tracing import Tracer, current_trace, describe, get_tracer
+from nexus_bedrock_tasks.tracing import (
+    Tracer,
+    current_task_span,
+    current_trace,
+    describe,
+    get_tracer,
+)
 
 logger = logging.getLogger(__name__)
 META_EVAL_RUN_ID = "eval_run_id"
@@ -252,18 +257,15 @@ class TaskPart:
 
 @contextlib.contextmanager
 def _steps_report_to(part: TaskPart | None) -> Iterator[None]:
-    """Make the inline steps post under the case's span, not the shared task run's.
-
-    The steps find the span they report to in Prefect's `TaskRunContext` (as they do in
-    a task run of their own); a copy naming the case's span id stands in for the case.
-    """
-    context = TaskRunContext.get()
-    if part is None or context is None:
+    """Make the inline steps post under the case's span, not the shared task run's."""
+    if part is None:
         yield
         return
-    task_run = context.task_run.model_copy(update={"id": UUID(part.span_id)})
-    with context.model_copy(update={"task_run": task_run}):
+    token = current_task_span.set(part.span_id)
+    try:
         yield
+    finally:
+        current_task_span.reset(token)
 
 
 async def run_case(

@@ -13,6 +13,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from tenacity import (
@@ -113,14 +114,40 @@ def _boto3_session() -> Any:
     session holds no connection, so a forked child keeps using its parent's.
     """
     import boto3
+    import botocore.session
 
     key = _aws_environment()
     with _LOCK:
         session = _SESSIONS.get(key)
         if session is None:
             _SESSIONS.clear()
-            session = _SESSIONS[key] = boto3.session.Session()
+            core = botocore.session.get_session()
+            core.get_component("response_parser_factory").set_parser_defaults(
+                timestamp_parser=parse_timestamp
+            )
+            session = _SESSIONS[key] = boto3.session.Session(botocore_session=core)
         return session
+
+
+def parse_timestamp(value: Any) -> Any:
+    """botocore's timestamp parser, with a fast path for ISO-8601 times with a zone.
+
+    Every trace event of an InvokeAgent stream carries an ``eventTime``; botocore parses
+    each with dateutil (~60 µs, a tenth of a case's CPU in a batch evaluation).
+    `datetime.fromisoformat` gives the same instant in ~0.2 µs. Anything else (epoch
+    numbers, times without a zone, what this Python cannot read) goes to botocore.
+    """
+    from botocore.utils import parse_timestamp as botocore_parse_timestamp
+
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is not None:
+                return parsed
+    return botocore_parse_timestamp(value)
 
 
 def warm_up() -> None:

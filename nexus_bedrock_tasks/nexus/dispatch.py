@@ -69,6 +69,10 @@ class Mailbox:
     wakes whoever waits for its cycles (flush, trace ids), so a burst of delivery
     outcomes does not wake those waiters once per request.
 
+    New operations and outcomes wake the dispatcher only once the workers run low on
+    work (`needs_dispatcher`): while they have plenty, a cycle would only cost CPU they
+    need, and waiting lets one cycle (one outbox transaction) take in many outcomes.
+
     Attributes:
         incoming: operations spooled and not yet taken in by the dispatcher.
         results: delivery outcomes not yet applied.
@@ -78,6 +82,9 @@ class Mailbox:
         cycles: dispatcher cycles completed (flush waits for one after its request).
         counts: delivered/deduplicated/failed/parked; written by the dispatcher only.
         trace_ids: Nexus ids of traces delivered by this process (the latest ones).
+        handed_out: deliveries handed to the workers and not yet taken back, as of the
+            dispatcher's last cycle.
+        refill_below: wake the dispatcher once fewer deliveries than this are left.
     """
 
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -94,10 +101,16 @@ class Mailbox:
     busy: bool = False
     counts: Counter[str] = field(default_factory=Counter)
     trace_ids: dict[str, str] = field(default_factory=dict)
+    handed_out: int = 0
+    refill_below: int = 1
 
     def __post_init__(self) -> None:
         self.cond = threading.Condition(self.lock)
         self.progress = threading.Condition(self.lock)
+
+    def needs_dispatcher(self) -> bool:
+        """The workers run low on work (call with the lock held)."""
+        return self.handed_out - len(self.results) < self.refill_below
 
 
 class Dispatcher:
@@ -132,6 +145,7 @@ class Dispatcher:
         self._creates_resume_at = 0.0
         self._failures = 0
         self._fatal = False
+        box.refill_below = max(1, max_inflight // 2)
 
     def run(self) -> None:
         """The dispatcher thread's loop; returns once the exporter stops."""
@@ -181,6 +195,7 @@ class Dispatcher:
             batch = self._take(scheduler) if not stopping and now >= self._resume_at else []
             self._settle(scheduler, acks, batch)
             with self._box.cond:
+                self._box.handed_out = scheduler.inflight
                 self._box.pending = scheduler.pending
                 self._box.stalled = scheduler.inflight == 0 and self._sendable(scheduler, now) == 0
                 self._box.cycles += 1
@@ -210,8 +225,7 @@ class Dispatcher:
         now = time.monotonic()
         can_send = self._sendable(scheduler, now) and scheduler.inflight < self._max_inflight
         return bool(
-            self._box.incoming
-            or self._box.results
+            ((self._box.incoming or self._box.results) and self._box.needs_dispatcher())
             or self._box.stopping
             or self._box.kick
             or (can_send and now >= self._resume_at)

@@ -284,7 +284,8 @@ class NexusExporter:
             return
         with self._box.cond:
             self._box.incoming.extend(ops)
-            self._box.cond.notify()
+            if self._box.needs_dispatcher():
+                self._box.cond.notify()
 
     # -- queries -------------------------------------------------------------------------
 
@@ -329,7 +330,8 @@ class NexusExporter:
                 outcome = delivery.deliver(client, job, hard_limit=hard_limit)
                 with self._box.cond:
                     self._box.results.append(outcome)
-                    self._box.cond.notify()
+                    if self._box.needs_dispatcher():
+                        self._box.cond.notify()
             else:
                 self._send_otlp(job)
 

@@ -98,6 +98,8 @@ def _connect(path: Path) -> sqlite3.Connection:
 _OP_COLUMNS = "(kind, trace_local_id, local_id, parent_local_id, payload, owner, created_at)"
 # Rows of one multi-row INSERT: 7 parameters each, under SQLite's old bound of 999.
 _INSERT_ROWS = 140
+# INSERT … RETURNING came with SQLite 3.35 (2021); older libraries insert row by row.
+_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 _T = TypeVar("_T")
 # Rows per statement: well under SQLite's bound on bound parameters (999 before 3.32).
 _CHUNK = 250
@@ -206,28 +208,29 @@ class Outbox:
             for local_id, parent_local_id, payload in items
         ]
         local_ids = [local_id for local_id, _, _ in items]
-        if len(rows) <= _INSERT_ROWS and len(set(local_ids)) == len(local_ids):
+        if _HAS_RETURNING and len(rows) <= _INSERT_ROWS and len(set(local_ids)) == len(local_ids):
             values = ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(rows))
             with self._lock:
                 # RETURNING gives rows in no set order: the (unique) local ids map them.
-                seqs = dict(
+                by_local_id = dict(
                     self._conn.execute(
                         f"INSERT INTO ops {_OP_COLUMNS} VALUES {values} RETURNING local_id, seq",
                         [value for row in rows for value in row],
                     ).fetchall()
                 )
+            seqs = [by_local_id[local_id] for local_id in local_ids]
         else:
-            seqs = {}
+            seqs = []
             with self._transaction() as conn:
                 for row in rows:
                     cursor = conn.execute(
                         f"INSERT INTO ops {_OP_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?)", row
                     )
                     assert cursor.lastrowid is not None  # an INSERT always sets it
-                    seqs[row[2]] = cursor.lastrowid
+                    seqs.append(cursor.lastrowid)
         return [
-            OutboxOp(seqs[local_id], kind, trace_local_id, local_id, parent_local_id, payload)
-            for local_id, parent_local_id, payload in items
+            OutboxOp(seq, kind, trace_local_id, local_id, parent_local_id, payload)
+            for seq, (local_id, parent_local_id, payload) in zip(seqs, items, strict=True)
         ]
 
     def mark_attempted(self, seqs: Sequence[int]) -> None:

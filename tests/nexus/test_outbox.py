@@ -7,6 +7,9 @@ import stat
 import threading
 from pathlib import Path
 
+import pytest
+
+from nexus_bedrock_tasks.nexus import outbox as outbox_module
 from nexus_bedrock_tasks.nexus.outbox import Outbox, read_status
 
 
@@ -102,4 +105,22 @@ def test_append_many_writes_rows_in_order_in_one_go(outbox_path: Path) -> None:
     finally:
         reader.close()
     assert rows == [("A", None), ("B", "A")]
+    box.close()
+
+
+@pytest.mark.parametrize("returning", [True, False], ids=["insert-returning", "row-by-row"])
+def test_append_many_gives_each_row_its_own_seq(
+    outbox_path: Path, monkeypatch: pytest.MonkeyPatch, returning: bool
+) -> None:
+    """Both ways of spooling (SQLite < 3.35 has no RETURNING), repeated local ids included."""
+    monkeypatch.setattr(outbox_module, "_HAS_RETURNING", returning)
+    box = Outbox(outbox_path)
+    for items in (
+        [("A", None, {"n": 1}), ("B", "A", {"n": 2}), ("C", "A", {"n": 3})],
+        [("D", None, {"n": 4}), ("D", None, {"n": 5})],
+    ):
+        ops = box.append_many("span", "T", items)
+        assert [(op.local_id, op.payload) for op in ops] == [(i, p) for i, _, p in items]
+        assert [op.seq for op in ops] == sorted({op.seq for op in ops})
+    assert [op.payload["n"] for op in box.own_ops()] == [1, 2, 3, 4, 5]
     box.close()

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.figures import AGENT_ALIAS_ID, AGENT_ID, PROMPT
-from benchmarks.harness import Knobs, Services, median, plain_client
+from benchmarks.harness import Knobs, Services, plain_client
+from benchmarks.stats import median
 
 BASELINE_CALLS = 5
 CEILING_ROUNDS = 10

@@ -14,16 +14,9 @@ import subprocess
 import time
 
 from benchmarks.figures import AGENT_ALIAS_ID, AGENT_ID, PROMPT, Figure, Sizes, missing
-from benchmarks.harness import (
-    Knobs,
-    Measure,
-    Services,
-    describe,
-    median,
-    nexus_bedrock_command,
-    walls,
-)
+from benchmarks.harness import Knobs, Services, nexus_bedrock_command
 from benchmarks.invocation import Invoker, interleaved
+from benchmarks.stats import Measure, describe, median, walls
 
 CLI_TIMEOUT_S = 120.0
 

@@ -17,17 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.figures import AGENT_ALIAS_ID, AGENT_ID, AGENT_STEPS, PROMPT, Figure, Sizes
-from benchmarks.harness import (
-    Knobs,
-    LoopThread,
+from benchmarks.harness import Knobs, LoopThread, Services, plain_client
+from benchmarks.stats import (
     Measure,
-    Services,
     cpus,
     describe,
     median,
     median_cost,
     median_difference_ci,
-    plain_client,
     walls,
 )
 

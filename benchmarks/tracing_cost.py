@@ -14,8 +14,9 @@ import sys
 from typing import Any
 
 from benchmarks.figures import Figure, Sizes
-from benchmarks.harness import Measure, Services, cpus, describe, walls
+from benchmarks.harness import Services
 from benchmarks.invocation import Invoker, cost_ms
+from benchmarks.stats import Measure, cpus, describe, walls
 
 OPENINFERENCE_TIMEOUT_S = 600
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.harness import median_cost, median_difference_ci
+from benchmarks.stats import median_cost, median_difference_ci
 
 
 def test_paired_rounds_cancel_drift() -> None:

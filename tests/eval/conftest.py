@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from nexus_bedrock_tasks.local.nexus.testing import LocalNexus
-from nexus_bedrock_tasks.tools import default_registry
 from tests.flow.conftest import (  # noqa: F401 - fixtures
     _collect_prefect_sockets,
     aws_env,
     emulator,
     flow_loop,
     nexus,
+    restored_tool_registry,
     stack,
     tools,
     traced,
@@ -26,12 +26,8 @@ from tests.flow.conftest import (  # noqa: F401 - fixtures
 def _restore_tool_registry() -> Iterator[None]:
     """An evaluation's `tools_module` registers into the process-wide registry: undo it, so
     later tests (tests/flow's unknown-tool case) see only the tools they register."""
-    saved = dict(default_registry._tools)
-    try:
+    with restored_tool_registry():
         yield
-    finally:
-        default_registry._tools.clear()
-        default_registry._tools.update(saved)
 
 
 @pytest.fixture

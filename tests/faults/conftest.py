@@ -32,7 +32,7 @@ from nexus_bedrock_tasks.local.nexus.testing import LocalNexus, run_local_nexus
 from nexus_bedrock_tasks.nexus.exporter import NexusExporter
 from nexus_bedrock_tasks.results import InvocationFailed, InvocationResult
 from nexus_bedrock_tasks.settings import NexusSettings
-from nexus_bedrock_tasks.tools import default_registry, load_tools
+from nexus_bedrock_tasks.tools import load_tools
 from nexus_bedrock_tasks.tracing import Tracer, set_tracer
 from tests.flow.conftest import (  # noqa: F401 - fixtures
     PREFECT_SOCKET_WARNINGS,
@@ -41,6 +41,7 @@ from tests.flow.conftest import (  # noqa: F401 - fixtures
     aws_env,
     emulator,
     flow_loop,
+    restored_tool_registry,
 )
 from tests.flow.test_process_signals import TRIP_TOOLS
 
@@ -475,10 +476,6 @@ def scenario_factory(
 @pytest.fixture
 def trip_registry() -> Iterator[None]:
     """The TRIP agent's logging tools registered; the registry restored afterwards."""
-    saved = dict(default_registry._tools)
-    load_tools(str(TRIP_TOOLS))
-    try:
+    with restored_tool_registry():
+        load_tools(str(TRIP_TOOLS))
         yield
-    finally:
-        default_registry._tools.clear()
-        default_registry._tools.update(saved)

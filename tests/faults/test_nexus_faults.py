@@ -16,9 +16,8 @@ from nexus_bedrock_tasks import tool
 from nexus_bedrock_tasks.local.nexus.config import PlanLimits
 from nexus_bedrock_tasks.nexus.commands import flush_outbox
 from nexus_bedrock_tasks.results import InvocationResult
-from nexus_bedrock_tasks.tools import default_registry
 from tests.faults.conftest import DEMO, TRIP, Scenario, scaled
-from tests.flow.conftest import PREFECT_SOCKET_WARNINGS
+from tests.flow.conftest import PREFECT_SOCKET_WARNINGS, restored_tool_registry
 
 pytestmark = PREFECT_SOCKET_WARNINGS
 MakeScenario = Callable[..., Scenario]
@@ -198,19 +197,15 @@ def test_refusals_keep_everything_until_fixed(
 def big_forecast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """weather.get_forecast answers 10,000 characters (and logs each execution)."""
     log = tmp_path / "big-tool.log"
-    saved = dict(default_registry._tools)
+    with restored_tool_registry():
 
-    @tool(action_group="weather", function="get_forecast")
-    def forecast(city: str) -> str:
-        with log.open("a") as handle:
-            handle.write(f"get_forecast {city}\n")
-        return f"Forecast for {city}: " + "rain " * 2_000
+        @tool(action_group="weather", function="get_forecast")
+        def forecast(city: str) -> str:
+            with log.open("a") as handle:
+                handle.write(f"get_forecast {city}\n")
+            return f"Forecast for {city}: " + "rain " * 2_000
 
-    try:
         yield log
-    finally:
-        default_registry._tools.clear()
-        default_registry._tools.update(saved)
 
 
 def oversized_pending(outbox: Path, limit: int) -> tuple[int, int]:

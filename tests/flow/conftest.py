@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,16 +97,23 @@ def traced(nexus: LocalNexus, tmp_path: Path, flow_loop: LoopThread) -> Iterator
         exporter.close(timeout=10)
 
 
-@pytest.fixture
-def tools() -> Iterator[None]:
-    """The demo tools registered; the registry restored after the test."""
+@contextlib.contextmanager
+def restored_tool_registry() -> Iterator[None]:
+    """The process-wide tool registry as it was before the block, whatever it registered."""
     saved = dict(default_registry._tools)
-    load_tools(str(DEMO_TOOLS))
     try:
         yield
     finally:
         default_registry._tools.clear()
         default_registry._tools.update(saved)
+
+
+@pytest.fixture
+def tools() -> Iterator[None]:
+    """The demo tools registered; the registry restored after the test."""
+    with restored_tool_registry():
+        load_tools(str(DEMO_TOOLS))
+        yield
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from nexus_bedrock_tasks.exceptions import ConfigError
 from nexus_bedrock_tasks.local.bedrock.testing import set_session_faults
 from nexus_bedrock_tasks.results import InvocationFailed, InvocationResult
 from nexus_bedrock_tasks.semconv import SUMMARY_FIELDS
-from tests.flow.conftest import PREFECT_SOCKET_WARNINGS, Traced
+from tests.flow.conftest import PREFECT_SOCKET_WARNINGS, Traced, restored_tool_registry
 
 pytestmark = [pytest.mark.slow, *PREFECT_SOCKET_WARNINGS]
 DEMO = {"agent_id": "DEMO000001", "agent_alias_id": "TSTALIASID"}
@@ -129,19 +129,13 @@ def test_unknown_tool_answers_reprompt_and_never_leaves_session_waiting(stack: T
 
 
 def test_raising_tool_answers_failure(stack: Traced) -> None:
-    from nexus_bedrock_tasks.tools import default_registry
+    with restored_tool_registry():
 
-    saved = dict(default_registry._tools)
+        @tool(action_group="weather", function="get_forecast")
+        def broken(city: str) -> str:
+            raise RuntimeError(f"weather service down for {city}")
 
-    @tool(action_group="weather", function="get_forecast")
-    def broken(city: str) -> str:
-        raise RuntimeError(f"weather service down for {city}")
-
-    try:
         result = invoke(stack, **DEMO, prompt="What's the weather in Tokyo?")
-    finally:
-        default_registry._tools.clear()
-        default_registry._tools.update(saved)
     assert result.tools[0]["response_state"] == "FAILURE"
     assert result.tools[0]["error"] == "RuntimeError: weather service down for Tokyo"
     by_name = check_contract(stack.trace(result.local_trace_id), result)
@@ -287,17 +281,13 @@ def test_user_confirmation_waits_for_a_person(stack: Traced, approve: bool) -> N
 
 @pytest.fixture
 def trip_tools(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    from nexus_bedrock_tasks.tools import default_registry, load_tools
+    from nexus_bedrock_tasks.tools import load_tools
 
     log = tmp_path / "tools.log"
     monkeypatch.setenv("TRIP_TOOL_LOG", str(log))
-    saved = dict(default_registry._tools)
-    load_tools(str(TRIP_TOOLS))
-    try:
+    with restored_tool_registry():
+        load_tools(str(TRIP_TOOLS))
         yield log
-    finally:
-        default_registry._tools.clear()
-        default_registry._tools.update(saved)
 
 
 TRIP = {"agent_id": "TRIP000001", "agent_alias_id": "TSTALIASID"}

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.figures import AGENT_ALIAS_ID, AGENT_ID, PROMPT
-from benchmarks.harness import Knobs, Services, plain_client
+from benchmarks.harness import Knobs, Services, plain_call, plain_client
 from benchmarks.stats import median
 
 BASELINE_CALLS = 5
@@ -45,15 +45,7 @@ def write_dataset(path: Path, cases: int, knobs: Knobs, step_latency_ms: float) 
 def _plain_call(client: Any, session_id: str) -> float:
     """Seconds of one plain invoke + drain of the benchmark case."""
     started = time.perf_counter()
-    response = client.invoke_agent(
-        agentId=AGENT_ID,
-        agentAliasId=AGENT_ALIAS_ID,
-        sessionId=session_id,
-        inputText=PROMPT,
-        enableTrace=True,
-    )
-    for _ in response["completion"]:
-        pass
+    plain_call(client, session_id)
     return time.perf_counter() - started
 
 

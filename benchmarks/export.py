@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from benchmarks.figures import AGENT_ALIAS_ID, AGENT_ID, PROMPT, Figure, Sizes
-from benchmarks.harness import Services, plain_client
+from benchmarks.harness import Services, benchmark_call, plain_client
 
 EXPORTER_WORKERS = 4
 """`NexusExporter`'s default number of delivery threads."""
@@ -35,14 +35,7 @@ def read_benchmark_turn(services: Services) -> Any:
 
     client = plain_client(services.bedrock_url)
     try:
-        response = client.invoke_agent(
-            agentId=AGENT_ID,
-            agentAliasId=AGENT_ALIAS_ID,
-            sessionId=f"bench-{uuid.uuid4().hex}",
-            inputText=PROMPT,
-            enableTrace=True,
-        )
-        return read_turn(response["completion"])
+        return read_turn(benchmark_call(client, f"bench-{uuid.uuid4().hex}"))
     finally:
         client.close()
 

@@ -170,6 +170,26 @@ def plain_client(bedrock_url: str) -> Any:
     )
 
 
+def benchmark_call(client: Any, session_id: str) -> Any:
+    """Invoke the benchmark agent with a plain boto3 call; its (unread) completion stream."""
+    from benchmarks.figures import AGENT_ALIAS_ID, AGENT_ID, PROMPT
+
+    response = client.invoke_agent(
+        agentId=AGENT_ID,
+        agentAliasId=AGENT_ALIAS_ID,
+        sessionId=session_id,
+        inputText=PROMPT,
+        enableTrace=True,
+    )
+    return response["completion"]
+
+
+def plain_call(client: Any, session_id: str) -> None:
+    """The baseline: one plain invoke of the benchmark agent, every event of it read."""
+    for _ in benchmark_call(client, session_id):
+        pass
+
+
 # -- starting the services ----------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.figures import AGENT_ALIAS_ID, AGENT_ID, AGENT_STEPS, PROMPT, Figure, Sizes
-from benchmarks.harness import Knobs, LoopThread, Services, plain_client
+from benchmarks.harness import Knobs, LoopThread, Services, plain_call, plain_client
 from benchmarks.stats import (
     Measure,
     cpus,
@@ -106,15 +106,7 @@ class Invoker:
         """A stock boto3 invoke + drain of the whole stream."""
         session_id = self.knobs.new_session(self.sizes.step_latency_ms)
         cpu, started = time.process_time(), time.perf_counter()
-        response = self.client.invoke_agent(
-            agentId=AGENT_ID,
-            agentAliasId=AGENT_ALIAS_ID,
-            sessionId=session_id,
-            inputText=PROMPT,
-            enableTrace=True,
-        )
-        for _ in response["completion"]:
-            pass
+        plain_call(self.client, session_id)
         return Measure(time.perf_counter() - started, time.process_time() - cpu)
 
     def flow(self, variant: str, settle: bool = True, shared_clients: bool = True) -> Measure:

@@ -22,8 +22,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.figures import AGENT_ALIAS_ID, AGENT_ID, PROMPT
-from benchmarks.harness import Knobs, Services, plain_client
+from benchmarks.harness import Knobs, Services, plain_call, plain_client
 
 _ID_FIELDS = ("traceId", "spanId", "parentSpanId")
 SERVICE_NAME = "bedrock-agent-openinference"
@@ -108,15 +107,7 @@ def measure(services: Services, rounds: int, warmup: int, step_latency_ms: float
         """Wall seconds of the call; CPU seconds of the call and its export."""
         session_id = knobs.new_session(step_latency_ms)
         cpu, started = time.process_time(), time.perf_counter()
-        response = client.invoke_agent(
-            agentId=AGENT_ID,
-            agentAliasId=AGENT_ALIAS_ID,
-            sessionId=session_id,
-            inputText=PROMPT,
-            enableTrace=True,
-        )
-        for _ in response["completion"]:
-            pass
+        plain_call(client, session_id)
         elapsed = time.perf_counter() - started
         provider.force_flush(30_000)
         return elapsed, time.process_time() - cpu

@@ -1,9 +1,11 @@
 """Spooled payloads and sending one of them to Nexus (the exporter's worker side).
 
 Payloads are built in the caller's thread, already redacted and truncated, because they
-are written to the outbox file and secrets must never reach it. Sending turns them back
-into records for `NexusClient`, looks an item up first when an earlier POST of it may have
-arrived, and classifies the outcome for the dispatcher.
+are written to the outbox file and secrets must never reach it. Sending posts a span's
+spooled fields as they are (`span_body`: redacting and formatting them again per request
+would only cost CPU), turns traces and ends back into records for `NexusClient`, looks an
+item up first when an earlier POST of it may have arrived, and classifies the outcome for
+the dispatcher.
 """
 
 from __future__ import annotations
@@ -113,6 +115,35 @@ def span_from_payload(
     )
 
 
+def span_body(
+    payload: dict[str, Any], parent_span_id: str | None, client: NexusClient
+) -> dict[str, Any]:
+    """The request body of a spooled span: its fields as spooled, plus the parent's id.
+
+    The spooled strings are what `NexusClient.create_span` would send for the record
+    they came from (redacted, truncated, ISO times), so they go as they are; a payload
+    that is not a string (an outbox row written by hand) still goes through the client's
+    redaction.
+    """
+    body: dict[str, Any] = {
+        "name": payload["name"],
+        "status": payload["status"],
+        "started_at": payload["started_at"],
+    }
+    if payload.get("ended_at") is not None:
+        body["ended_at"] = payload["ended_at"]
+    if parent_span_id is not None:
+        body["parent_span_id"] = parent_span_id
+    limit = client.settings.max_payload_chars
+    for key in ("input", "output", "error"):
+        value = payload.get(key)
+        if value is not None:
+            body[key] = (
+                value if isinstance(value, str) else payload_text(value, client.redactor, limit)
+            )
+    return body
+
+
 def deliver(client: NexusClient, delivery: Delivery, *, hard_limit: int) -> Outcome:
     """Send one operation; never raises.
 
@@ -152,16 +183,23 @@ def _send(client: NexusClient, delivery: Delivery, hard_limit: int) -> tuple[str
             trace_id, status=op.payload["status"], ended_at=_time(op.payload["ended_at"])
         )
         return None, False
-    span = span_from_payload(op.payload, op.local_id, op.parent_local_id)
     parent = delivery.parent_span_id
+
+    def record() -> SpanRecord:
+        # Parsed only when needed: a lookup after an uncertain attempt, or a 400.
+        return span_from_payload(op.payload, op.local_id, op.parent_local_id)
+
     if op.attempted:
-        found = client.find_span(trace_id, span, parent, exclude_ids=delivery.sibling_ids)
+        found = client.find_span(trace_id, record(), parent, exclude_ids=delivery.sibling_ids)
         if found:
             return found, True
     try:
-        return client.create_span(trace_id, span, parent), False
+        body = span_body(op.payload, parent, client)
+        return client.post_span(
+            trace_id, body, lambda: client.find_span(trace_id, record(), parent)
+        ), False
     except NexusValidationError:
-        smaller = _shrunk(span, hard_limit)
+        smaller = _shrunk(record(), hard_limit)
         if smaller is None:
             raise
         # A 400 is a definite answer: nothing was stored, so one more POST is safe.

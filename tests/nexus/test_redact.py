@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from nexus_bedrock_tasks.exceptions import ConfigError
@@ -136,3 +136,35 @@ def test_the_quick_check_never_skips_a_rule_that_would_fire(text: str) -> None:
 def test_model_call_json_is_left_alone() -> None:
     text = '{"session_id": "s-1", "input_tokens": 12, "output_tokens": 3, "text": "hi"}'
     assert Redactor().redact(text) == text
+
+
+_TRIGGER_TEXT = st.lists(
+    st.sampled_from(_FRAGMENTS)
+    | st.sampled_from(["\u0130", "\u0131", "\u017f", "\u212a", "é", "€", "API", "kEy", "\n"])
+    | st.text(max_size=5),
+    max_size=8,
+).map("".join)
+
+
+@example("ſecret")
+@example("BEARER é")
+@example("api\nkey é")
+@example("Api-KEY")
+@example("SESSION-token")
+@given(_TRIGGER_TEXT)
+def test_trigger_test_agrees_with_the_trigger_regex(text: str) -> None:
+    from nexus_bedrock_tasks.nexus.redact import _BUILTIN_TRIGGER, _has_trigger
+
+    assert _has_trigger(text) == (_BUILTIN_TRIGGER.search(text) is not None)
+
+
+def test_only_four_non_ascii_characters_match_ascii_letters_ignoring_case() -> None:
+    """What `_has_trigger` relies on to skip the regex for other non-ASCII text."""
+    import re
+    import sys
+
+    from nexus_bedrock_tasks.nexus.redact import _FOLDED_TO_ASCII
+
+    letter = re.compile("(?i)[a-z]")
+    found = [chr(c) for c in range(128, sys.maxunicode + 1) if letter.fullmatch(chr(c))]
+    assert tuple(found) == _FOLDED_TO_ASCII

@@ -1,13 +1,19 @@
-"""The client's write path (httpcore, one connection per thread) against the real local
-Nexus: ids, Retry-After, lost answers, timeouts, refused connections and verified TLS."""
+"""The client's write path (`transport.ThreadConnections`: one lean HTTP/1.1 connection per
+thread) against the real local Nexus: ids, Retry-After, lost answers, timeouts, refused
+connections, connections uvicorn drops while idle, closing, and verified TLS.
+
+The engine's own cases (framing, broken answers, each timeout) are in test_http1.py."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
+import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +32,7 @@ from nexus_bedrock_tasks.local.nexus.web import HEALTH_PATH
 from nexus_bedrock_tasks.local.serving import serve_in_background
 from nexus_bedrock_tasks.nexus.client import NexusClient, NexusUnavailableError
 from nexus_bedrock_tasks.nexus.records import SpanRecord, TraceRecord
-from nexus_bedrock_tasks.nexus.transport import lean_path_applies
+from nexus_bedrock_tasks.nexus.transport import ThreadConnections, lean_path_applies
 from nexus_bedrock_tasks.settings import NexusSettings
 from tests.nexus.conftest import T0, Sleeps
 
@@ -83,9 +89,12 @@ def test_writes_go_over_one_connection_per_thread(make: type[NexusClient]) -> No
     trace_id = client.create_trace(new_trace())
     root = client.create_span(trace_id, span("task:drain"))
     ids: list[str] = []
+    all_posted = threading.Barrier(3)
 
-    def post(n: int) -> None:
+    def post(n: int, wait: bool = True) -> None:
         ids.append(client.create_span(trace_id, span(f"llm:{n}"), parent_span_id=root))
+        if wait:  # alive until the others have opened their connections too
+            all_posted.wait(10)
 
     threads = [threading.Thread(target=post, args=(n,)) for n in range(3)]
     for thread in threads:
@@ -95,12 +104,12 @@ def test_writes_go_over_one_connection_per_thread(make: type[NexusClient]) -> No
     assert client.update_trace(trace_id, status="success", ended_at=T0) == trace_id
 
     writes = client._wire._writes
-    assert writes is not None and len(writes._pools) == 4  # this thread and three others
-    late = threading.Thread(target=post, args=(3,))
+    assert writes is not None and len(writes._connections) == 4  # this thread and three others
+    late = threading.Thread(target=post, args=(3, False))
     late.start()
     late.join()
     # A new thread's connection closes those of the threads that are gone.
-    assert [thread for thread, _ in writes._pools] == [threading.current_thread(), late]
+    assert [thread for thread, _ in writes._connections] == [threading.current_thread(), late]
     stored = {row["id"]: row for row in stored_spans(client, trace_id)}
     assert sorted(stored) == sorted([root, *ids]) and len(ids) == 4
     assert all(stored[i]["parent_span_id"] == root for i in ids)
@@ -195,6 +204,100 @@ def test_lean_path_only_without_proxy_or_injected_transport(
         assert client.create_trace(new_trace()) == "t"
 
 
+def test_a_connection_uvicorn_dropped_while_idle_is_replaced_without_error(
+    sleeps: Sleeps,
+) -> None:
+    # uvicorn closes a keep-alive connection idle for `timeout_keep_alive` (5 s by default).
+    config = uvicorn.Config(
+        create_app(None, DEV_KEY),
+        log_level="warning",
+        access_log=False,
+        log_config=None,
+        timeout_keep_alive=0.2,
+        timeout_graceful_shutdown=1,
+    )
+    with serve_in_background(
+        uvicorn.Server(config), "127.0.0.1", 0, name="Nexus", health_path=HEALTH_PATH
+    ) as url:
+        settings = NexusSettings(base_url=url, api_key=DEV_KEY, max_retries=0)
+        with NexusClient(settings, sleep=sleeps) as client:
+            writes = client._wire._writes
+            assert writes is not None
+            trace_id = client.create_trace(new_trace())
+            first = writes._local.connection._sock
+            assert first is not None
+            # Until uvicorn has closed it: the end of the connection is waiting to be read.
+            deadline = time.monotonic() + 10
+            while not select.select([first], [], [], 0.1)[0]:
+                assert time.monotonic() < deadline
+
+            span_id = client.create_span(trace_id, span("llm:after-idle"))
+
+            assert writes._local.connection._sock is not first
+            assert [row["id"] for row in stored_spans(client, trace_id)] == [span_id]
+    assert sleeps == []  # no retry was needed
+
+
+TRACE_BODY = json.dumps(
+    {"agent_id": "a", "name": "n", "status": "running", "started_at": "2025-01-01T00:00:00Z"}
+).encode()
+
+
+def test_close_closes_every_threads_connection_and_refuses_later_writes(
+    nexus: LocalNexus,
+) -> None:
+    headers = {"Authorization": f"Bearer {nexus.api_key}", "Accept": "application/json"}
+    connections = ThreadConnections(nexus.url, headers, httpx.Timeout(5.0), None)
+    body = (
+        b'{"agent_id": "a", "name": "n", "status": "running", "started_at": "2025-01-01T00:00:00Z"}'
+    )
+    answers = []
+    written, done = threading.Event(), threading.Event()
+
+    def write() -> None:
+        answers.append(connections.request("POST", "/api/v1/traces", body))
+        written.set()
+        done.wait(10)  # alive: its connection is not one of a finished thread
+
+    worker = threading.Thread(target=write)
+    worker.start()
+    answers.append(connections.request("POST", "/api/v1/traces", body))
+    assert written.wait(10)
+    sockets = [connection._sock for _, connection in connections._connections]
+
+    connections.close()
+
+    done.set()
+    worker.join()
+    assert [a.status_code for a in answers] == [201, 201]
+    assert len(sockets) == 2 and all(s is not None and s.fileno() == -1 for s in sockets)
+    with pytest.raises(RuntimeError, match="closed"):
+        connections.request("POST", "/api/v1/traces", body)
+
+
+def test_an_answer_from_the_local_nexus_keeps_status_reason_and_raw_headers(
+    nexus: LocalNexus,
+) -> None:
+    headers = {"Authorization": f"Bearer {nexus.api_key}", "Accept": "application/json"}
+    connections = ThreadConnections(nexus.url + "/api/v1/", headers, httpx.Timeout(5.0), None)
+    try:
+        created = connections.request(
+            "POST",
+            "traces",
+            TRACE_BODY,
+        )
+        missing = connections.request("PATCH", "/traces/no-such-trace", b'{"status": "error"}')
+    finally:
+        connections.close()
+    assert (created.status_code, created.reason_phrase) == (201, "Created")
+    assert isinstance(created.json()["trace_id"], str)
+    names = [name.lower() for name, _ in created.raw_headers]
+    assert b"content-type" in names and b"content-length" in names
+    assert all(isinstance(v, bytes) for _, v in created.raw_headers)
+    assert created.header("Content-Type") == "application/json"
+    assert (missing.status_code, missing.reason_phrase) == (404, "Not Found")
+
+
 # -- TLS -------------------------------------------------------------------------------
 
 
@@ -277,3 +380,19 @@ def test_https_writes_verify_the_certificate(
         assert trusting.find_trace(trace) == trace_id  # the read path, over httpx
         span_id = trusting.create_span(trace_id, span("llm:tls"))
         assert [row["id"] for row in stored_spans(trusting, trace_id)] == [span_id]
+
+
+def test_https_writes_check_the_host_name(
+    tls_nexus: tuple[str, Path], monkeypatch: pytest.MonkeyPatch, sleeps: Sleeps
+) -> None:
+    url, cert = tls_nexus
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trusted, but issued to 127.0.0.1 only
+    settings = NexusSettings(
+        base_url=url.replace("127.0.0.1", "localhost"), api_key=DEV_KEY, max_retries=0
+    )
+    with NexusClient(settings, sleep=sleeps) as client:
+        assert client._wire._writes is not None
+        with pytest.raises(NexusUnavailableError) as failure:
+            client.create_trace(new_trace())
+    assert "CERTIFICATE_VERIFY_FAILED" in failure.value.message
+    assert not failure.value.maybe_sent

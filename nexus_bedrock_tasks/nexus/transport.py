@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import ssl
 import threading
 from collections.abc import Mapping
@@ -110,14 +111,19 @@ class Answer:
 
 
 def lean_path_applies(base_url: str) -> bool:
-    """The writes may skip `httpx.Client`: plain http(s) and no proxy from the environment.
+    """The writes may skip `httpx.Client`: plain http(s), no proxy from the environment.
 
     httpx honours ``HTTP(S)_PROXY``/``ALL_PROXY``; rather than reimplement its rules
-    (``NO_PROXY`` included), any proxy setting keeps every request on httpx.
+    (``NO_PROXY`` included), any proxy setting keeps every request on httpx. So does a
+    platform without ``select.poll`` (Windows), which `http1` needs.
     """
     scheme = httpx.URL(base_url).scheme
     proxies = getproxies()
-    return scheme in ("http", "https") and not (scheme in proxies or "all" in proxies)
+    return (
+        scheme in ("http", "https")
+        and not (scheme in proxies or "all" in proxies)
+        and hasattr(select, "poll")
+    )
 
 
 class ThreadConnections:

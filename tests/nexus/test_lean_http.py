@@ -197,6 +197,10 @@ def test_lean_path_only_without_proxy_or_injected_transport(
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     assert lean_path_applies("http://127.0.0.1:8765")
     assert not lean_path_applies("https://nexus.example")
+    monkeypatch.delenv("HTTPS_PROXY")
+    with monkeypatch.context() as windows:
+        windows.delattr(select, "poll")  # as on Windows: the engine needs it
+        assert not lean_path_applies("http://127.0.0.1:8765")
     mock = httpx.MockTransport(lambda request: httpx.Response(201, json={"trace_id": "t"}))
     settings = NexusSettings(base_url=nexus.url, api_key=nexus.api_key)
     with NexusClient(settings, transport=mock) as client:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Final
 
@@ -35,6 +36,7 @@ from nexus_bedrock_tasks.local.nexus.validation import (
     INVALID_QUERY,
     LIST_STATUS_GROUPS,
     VALIDATION_FAILED,
+    BodyError,
     from_json_text,
     js_string,
     list_limit,
@@ -49,6 +51,10 @@ from nexus_bedrock_tasks.local.nexus.validation import (
 INVALID_API_KEY: Final[Mapping[str, object]] = {"error": "Invalid API key"}
 TRACE_NOT_FOUND: Final[Mapping[str, object]] = {"error": "Trace not found"}
 TOTAL_COUNT_HEADER: Final = "X-Total-Count"
+TRACES_PATH: Final = "/api/v1/traces"
+TRACE_PATH: Final = TRACES_PATH + "/{trace_id}"
+SPANS_PATH: Final = TRACE_PATH + "/spans"
+OTLP_TRACES_PATH: Final = "/v1/traces"
 
 
 class ApiError(Exception):
@@ -60,18 +66,45 @@ class ApiError(Exception):
         self.body = body
 
 
+def render_json(content: object) -> bytes:
+    """A JSON answer's body, byte for byte what Starlette's `JSONResponse` sends."""
+    return json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
+
+
+def error_answer(exc: Exception) -> tuple[int, Mapping[str, object]]:
+    """Status and body of an `ApiError`, or of a `BodyError` (a malformed body is a 400)."""
+    if isinstance(exc, ApiError):
+        return exc.status_code, exc.body
+    return 400, {"error": str(exc)}
+
+
 async def api_error_response(request: Request, exc: Exception) -> JSONResponse:
     """Exception handler for `ApiError` and `BodyError` (a malformed body is a 400)."""
-    if isinstance(exc, ApiError):
-        return JSONResponse(exc.body, status_code=exc.status_code)
-    return JSONResponse({"error": str(exc)}, status_code=400)
+    status_code, body = error_answer(exc)
+    return JSONResponse(body, status_code=status_code)
+
+
+def first_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header `name` (lower case) in ASGI headers, as Starlette reads it."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
 
 
 class KeyCheck:
-    """Accepts one API key, kept only as its SHA-256 hash, as the service stores keys."""
+    """Accepts one API key, kept only as its SHA-256 hash, as the service stores keys.
+
+    The last `Authorization` header value that was accepted is remembered, so a client that
+    sends the same header on every request costs one constant-time comparison, not a hash.
+    (It holds the key in clear, as the process that was given the key does anyway.)
+    """
 
     def __init__(self, api_key: str) -> None:
         self._digest = hashlib.sha256(api_key.encode()).digest()
+        self._accepted_authorization: bytes | None = None
 
     def accepts(self, key: str | None) -> bool:
         """Whether `key` is the configured key (constant-time comparison)."""
@@ -79,20 +112,35 @@ class KeyCheck:
             return False
         return hmac.compare_digest(hashlib.sha256(key.encode()).digest(), self._digest)
 
+    def accepts_authorization(self, header: bytes | None) -> bool:
+        """Whether a raw `Authorization` header value is `Bearer <the key>`."""
+        if not header:
+            return False
+        accepted = self._accepted_authorization
+        if accepted is not None and hmac.compare_digest(header, accepted):
+            return True
+        if not self.accepts(bearer_key(header.decode("latin-1"))):
+            return False
+        self._accepted_authorization = header
+        return True
+
     # Async so that, used as a FastAPI dependency, it does not hop to a thread pool.
     async def require_bearer(self, request: Request) -> None:
         """`Authorization: Bearer <key>` (for `/api/v1`), or `ApiError` 401."""
-        if not self.accepts(_bearer(request)):
+        if not self.accepts_authorization(first_header(request.scope["headers"], b"authorization")):
             raise ApiError(401, INVALID_API_KEY)
 
     async def require_otlp_key(self, request: Request) -> None:
         """`x-api-key`, else `Authorization: Bearer` (for OTLP ingest), or `ApiError` 401."""
-        if not self.accepts(request.headers.get("x-api-key") or _bearer(request)):
+        key = request.headers.get("x-api-key") or bearer_key(
+            request.headers.get("authorization", "")
+        )
+        if not self.accepts(key):
             raise ApiError(401, INVALID_API_KEY)
 
 
-def _bearer(request: Request) -> str | None:
-    authorization = request.headers.get("authorization", "")
+def bearer_key(authorization: str) -> str | None:
+    """The key of an `Authorization: Bearer <key>` value (`None`: not a Bearer value)."""
     return authorization[7:].strip() if authorization.startswith("Bearer ") else None
 
 
@@ -164,7 +212,9 @@ class NexusApi:
 
     They are plain Starlette routes, not FastAPI ones: FastAPI's per-request dependency
     resolution cost about a third of the server's time per span, and these handlers need
-    nothing but the request.
+    nothing but the request. The write routes (`post_trace`, `patch_trace`, `post_span`)
+    are served before the framework by `fast_path.FastWrites`; their routes stay here so
+    that the framework's answers around them (405 and its `Allow`) do not change.
     """
 
     def __init__(self, store: NexusStore, keys: KeyCheck) -> None:
@@ -175,33 +225,29 @@ class NexusApi:
         """`/api/v1/...` (Bearer key) and `/v1/traces` (x-api-key or Bearer)."""
         bearer, otlp = self.keys.require_bearer, self.keys.require_otlp_key
         return [
-            Route("/api/v1/traces", _guarded(bearer, self.create_trace), methods=["POST"]),
-            Route("/api/v1/traces", _guarded(bearer, self.list_traces), methods=["GET"]),
-            Route("/api/v1/traces/{trace_id}", _guarded(bearer, self.get_trace), methods=["GET"]),
-            Route(
-                "/api/v1/traces/{trace_id}", _guarded(bearer, self.update_trace), methods=["PATCH"]
-            ),
-            Route(
-                "/api/v1/traces/{trace_id}/spans",
-                _guarded(bearer, self.create_span),
-                methods=["POST"],
-            ),
-            Route("/v1/traces", _guarded(otlp, self.ingest_otlp), methods=["POST"]),
+            Route(TRACES_PATH, _guarded(bearer, self.create_trace), methods=["POST"]),
+            Route(TRACES_PATH, _guarded(bearer, self.list_traces), methods=["GET"]),
+            Route(TRACE_PATH, _guarded(bearer, self.get_trace), methods=["GET"]),
+            Route(TRACE_PATH, _guarded(bearer, self.update_trace), methods=["PATCH"]),
+            Route(SPANS_PATH, _guarded(bearer, self.create_span), methods=["POST"]),
+            Route(OTLP_TRACES_PATH, _guarded(otlp, self.ingest_otlp), methods=["POST"]),
         ]
 
-    def _existing_trace_id(self, request: Request) -> str:
-        trace_id = str(request.path_params["trace_id"])
-        if not self.store.trace_exists(trace_id):
-            raise ApiError(404, TRACE_NOT_FOUND)
-        return trace_id
+    # The write routes' work, without the framework: `FastWrites` (fast_path.py) serves
+    # them straight from ASGI; the Starlette routes below wrap the same methods.
 
-    async def create_trace(self, request: Request) -> Response:
-        """`POST /api/v1/traces` → `201 {"trace_id"}`."""
-        body = parse_body(await request.body())
+    def post_trace(self, raw_body: bytes) -> str:
+        """`POST /api/v1/traces`: store the trace, return its id.
+
+        Raises:
+            ApiError: invalid fields (400) or a plan limit (403, 429).
+            BodyError: the body is not a JSON object.
+        """
+        body = parse_body(raw_body)
         _raise_if_invalid(trace_errors(body))
         ended_at = body.get("ended_at")
         try:
-            trace_id = self.store.create_trace(
+            return self.store.create_trace(
                 agent_name=str(body["agent_id"]),
                 name=str(body["name"]),
                 status=str(body["status"]),
@@ -211,28 +257,46 @@ class NexusApi:
             )
         except (AgentLimitReached, TraceLimitReached) as exc:
             raise _plan_error(exc) from exc
-        return JSONResponse({"trace_id": trace_id}, status_code=201)
 
-    async def update_trace(self, request: Request) -> Response:
-        """`PATCH /api/v1/traces/:id` → `200 {"trace_id"}`; metadata is ignored."""
-        trace_id = self._existing_trace_id(request)
-        body = parse_body(await request.body())
-        _raise_if_invalid(patch_errors(body))
-        status, ended_at = body.get("status"), body.get("ended_at")
-        if not isinstance(status, str) and not isinstance(ended_at, str):
-            raise ApiError(400, {"error": "No fields to update"})
-        self.store.update_trace(
+    def patch_trace(self, trace_id: str, raw_body: bytes) -> None:
+        """`PATCH /api/v1/traces/:id`: set its status and/or end; metadata is ignored.
+
+        Raises:
+            ApiError: no such trace (404, before any complaint about the body), invalid
+                fields or none to update (400).
+            BodyError: the body is not a JSON object.
+        """
+        try:
+            body = parse_body(raw_body)
+            _raise_if_invalid(patch_errors(body))
+            status, ended_at = body.get("status"), body.get("ended_at")
+            if not isinstance(status, str) and not isinstance(ended_at, str):
+                raise ApiError(400, {"error": "No fields to update"})
+        except (ApiError, BodyError):
+            self._require_trace(trace_id)
+            raise
+        updated = self.store.update_trace(
             trace_id,
             status=status if isinstance(status, str) else None,
             ended_at=ended_at if isinstance(ended_at, str) else None,
         )
-        return JSONResponse({"trace_id": trace_id})
+        if not updated:
+            raise ApiError(404, TRACE_NOT_FOUND)
 
-    async def create_span(self, request: Request) -> Response:
-        """`POST /api/v1/traces/:id/spans` → `201 {"span_id"}` (the parent is not checked)."""
-        trace_id = self._existing_trace_id(request)
-        body = parse_body(await request.body())
-        _raise_if_invalid(span_errors(body))
+    def post_span(self, trace_id: str, raw_body: bytes) -> str:
+        """`POST /api/v1/traces/:id/spans`: store the span, return its id (parent unchecked).
+
+        Raises:
+            ApiError: no such trace (404, before any complaint about the body) or invalid
+                fields (400).
+            BodyError: the body is not a JSON object.
+        """
+        try:
+            body = parse_body(raw_body)
+            _raise_if_invalid(span_errors(body))
+        except (ApiError, BodyError):
+            self._require_trace(trace_id)
+            raise
         parent, ended_at = body.get("parent_span_id"), body.get("ended_at")
         span = SpanRow(
             id=new_id(),
@@ -246,8 +310,30 @@ class NexusApi:
             # The service stores `String(error)`: a JSON null comes back as "null".
             error=js_string(body["error"]) if "error" in body else None,
         )
-        self.store.create_span(trace_id, span)
-        return JSONResponse({"span_id": span.id}, status_code=201)
+        if not self.store.create_span(trace_id, span):
+            raise ApiError(404, TRACE_NOT_FOUND)
+        return span.id
+
+    def _require_trace(self, trace_id: str) -> None:
+        if not self.store.trace_exists(trace_id):
+            raise ApiError(404, TRACE_NOT_FOUND)
+
+    async def create_trace(self, request: Request) -> Response:
+        """`POST /api/v1/traces` → `201 {"trace_id"}`."""
+        trace_id = self.post_trace(await request.body())
+        return JSONResponse({"trace_id": trace_id}, status_code=201)
+
+    async def update_trace(self, request: Request) -> Response:
+        """`PATCH /api/v1/traces/:id` → `200 {"trace_id"}`; metadata is ignored."""
+        trace_id = str(request.path_params["trace_id"])
+        self.patch_trace(trace_id, await request.body())
+        return JSONResponse({"trace_id": trace_id})
+
+    async def create_span(self, request: Request) -> Response:
+        """`POST /api/v1/traces/:id/spans` → `201 {"span_id"}` (the parent is not checked)."""
+        trace_id = str(request.path_params["trace_id"])
+        span_id = self.post_span(trace_id, await request.body())
+        return JSONResponse({"span_id": span_id}, status_code=201)
 
     async def list_traces(self, request: Request) -> Response:
         """`GET /api/v1/traces` → a bare array, newest first, with `X-Total-Count`."""

@@ -1,7 +1,9 @@
 """`create_app`: the local Nexus-compatible server as a FastAPI application.
 
 Run it with lifespan events (uvicorn does; so does `TestClient` used as a context
-manager): the database opens at startup and closes at shutdown.
+manager): the database opens at startup and closes at shutdown. Requests enter through
+`NexusApp.entry`: the write routes are answered there (`fast_path.FastWrites`), the rest
+by FastAPI.
 """
 
 from __future__ import annotations
@@ -9,12 +11,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 from typing_extensions import Unpack
 
 from nexus_bedrock_tasks.local.nexus.api import ApiError, KeyCheck, NexusApi, api_error_response
 from nexus_bedrock_tasks.local.nexus.config import DEV_KEY, KEY_PREFIX, PlanLimitOptions, PlanLimits
+from nexus_bedrock_tasks.local.nexus.fast_path import FastWrites
 from nexus_bedrock_tasks.local.nexus.faults import (
     FaultInjector,
     FaultMiddleware,
@@ -25,13 +30,36 @@ from nexus_bedrock_tasks.local.nexus.validation import BodyError
 from nexus_bedrock_tasks.local.nexus.web import build_web_router
 
 
+class NexusApp(FastAPI):
+    """A FastAPI app whose requests enter through `entry`.
+
+    `create_app` sets `entry` to `FastWrites` in front of `framework` (FastAPI's own
+    middleware, routing and handlers), with `FaultMiddleware` in front of both when fault
+    injection is on.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.entry: ASGIApp = self.framework
+        # The write routes, when nothing (fault injection) must come between them and the
+        # socket: the server may then answer them itself (`server.DirectWritesProtocol`).
+        self.fast_writes: FastWrites | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.entry(scope, receive, send)
+
+    async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The FastAPI app itself, without what `entry` puts in front of it."""
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     db_path: Path | None = None,
     api_key: str = DEV_KEY,
     *,
     faults: bool = False,
     **plan_limits: Unpack[PlanLimitOptions],
-) -> FastAPI:
+) -> NexusApp:
     """Build the server: the Nexus REST API, OTLP ingest, the web page at `/`, `/health`.
 
     Args:
@@ -41,8 +69,8 @@ def create_app(
         **plan_limits: `max_agents`, `monthly_trace_limit` (both unlimited by default).
 
     Returns:
-        The app; `app.state.store` is its `NexusStore`, `app.state.faults` its
-        `FaultInjector` or `None`.
+        The app (a FastAPI app); `app.state.store` is its `NexusStore`, `app.state.faults`
+        its `FaultInjector` or `None`.
 
     Raises:
         ValueError: `api_key` does not look like a Nexus key.
@@ -64,18 +92,22 @@ def create_app(
             store.close()
 
     # No /docs: Swagger UI loads from a CDN, and this server must work offline.
-    app = FastAPI(
+    app = NexusApp(
         title="Local Nexus", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
     app.state.store = store
     app.state.faults = None
     app.add_exception_handler(ApiError, api_error_response)
     app.add_exception_handler(BodyError, api_error_response)
-    app.router.routes.extend(NexusApi(store, keys).routes())
+    api = NexusApi(store, keys)
+    app.router.routes.extend(api.routes())
     app.include_router(build_web_router(store))
+    app.entry = app.fast_writes = FastWrites(api, app.framework)
     if faults:
         injector = FaultInjector()
         app.state.faults = injector
         app.include_router(build_faults_router(injector, keys))
-        app.add_middleware(FaultMiddleware, faults=injector)
+        # Outermost, so that faults reach the write routes that FastWrites answers.
+        app.entry = FaultMiddleware(app.entry, faults=injector)
+        app.fast_writes = None
     return app

@@ -1,28 +1,39 @@
 """SQLite storage of the local Nexus server: agents, traces, spans and plan limits.
 
 One connection shared by all threads behind a lock: the server handles requests on one
-event loop, so the lock is rarely contended, and WAL with `synchronous=NORMAL` makes a
-commit a page append instead of an fsync (thousands of span inserts a second). The schema
-is created once when the store opens, never per request. Queries, including the duration
-arithmetic, are the hosted service's (which runs on SQLite too), so answers match.
+event loop, so the lock is rarely contended. Writes are committed in groups: a write joins
+the open transaction and a background thread commits it within `COMMIT_DELAY_S` (and on
+`close()`). Every read goes through the same connection, so a write is visible to the next
+request as soon as it is acknowledged; only a killed process loses the last few
+milliseconds of writes. A commit per span cost three quarters of the span's SQLite time
+(WAL pages appended for the table and both indexes), a group commit writes each page once.
+The schema is created once when the store opens, never per request. Queries, including the
+duration arithmetic, are the hosted service's (which runs on SQLite too), so answers match.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Final
 
 from nexus_bedrock_tasks.local.nexus.config import PlanLimits
 from nexus_bedrock_tasks.local.nexus.otlp import OtlpResource
 from nexus_bedrock_tasks.local.nexus.validation import DEFAULT_LIST_LIMIT
 from nexus_bedrock_tasks.nexus.records import iso
 from nexus_bedrock_tasks.semconv import SUMMARY_SPAN
+
+COMMIT_DELAY_S: Final = 0.02
+"""How long a write may wait for its commit (other writes join it meanwhile)."""
+
+_log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -108,6 +119,15 @@ _INSERT_SPAN = (
 )
 
 
+# The same insert, made only when the trace exists: its row count answers "was it there?"
+# without a query of its own.
+_INSERT_SPAN_INTO_EXISTING = (
+    f"INSERT INTO spans (trace_id, {', '.join(_SPAN_COLUMNS)})"
+    f" SELECT {', '.join('?' * (len(_SPAN_COLUMNS) + 1))}"
+    " WHERE EXISTS (SELECT 1 FROM traces WHERE id = ?)"
+)
+
+
 def _span_params(trace_id: str, span: SpanRow) -> tuple[str | None, ...]:
     return (trace_id, *(getattr(span, column) for column in _SPAN_COLUMNS))
 
@@ -124,9 +144,18 @@ class TraceFilter:
     limit: int = DEFAULT_LIST_LIMIT
 
 
+_UUID_VARIANT_DIGITS: Final = "89ab"
+
+
 def new_id() -> str:
-    """A fresh trace/span/agent id (a UUID, like the service's)."""
-    return str(uuid.uuid4())
+    """A fresh trace/span/agent id: a random (version 4) UUID, like the service's.
+
+    The text `str(uuid.uuid4())` gives (122 random bits, version digit 4, variant digit one
+    of 8, 9, a, b), built from hex digits without a `UUID` object: under half the cost.
+    """
+    digits = os.urandom(16).hex()
+    variant = _UUID_VARIANT_DIGITS[int(digits[16], 16) & 3]
+    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
 
 
 class NexusStore:
@@ -135,16 +164,24 @@ class NexusStore:
     Args:
         path: SQLite file, created if missing; `None` keeps everything in memory.
         limits: the emulated plan's limits.
+        commit_delay_s: how long a write may wait for its commit (see the module's notes).
     """
 
-    def __init__(self, path: Path | None, limits: PlanLimits) -> None:
+    def __init__(
+        self, path: Path | None, limits: PlanLimits, commit_delay_s: float = COMMIT_DELAY_S
+    ) -> None:
         self.path = path
         self.limits = limits
+        self.commit_delay_s = commit_delay_s
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
+        # Set (under `_lock`) while a write transaction is open; the committer waits for it.
+        self._uncommitted = threading.Event()
+        self._closing = threading.Event()
+        self._committer: threading.Thread | None = None
 
     def open(self) -> None:
-        """Connect and create the schema if the file is new."""
+        """Connect, create the schema if the file is new, start the committer thread."""
         target = ":memory:"
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,33 +191,78 @@ class NexusStore:
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
         self._db = db
+        self._closing.clear()
+        self._committer = threading.Thread(
+            target=self._commit_loop, name="local-nexus-commit", daemon=True
+        )
+        self._committer.start()
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Commit what is pending and close the connection (idempotent)."""
+        self._closing.set()
+        self._uncommitted.set()  # wakes the committer, which sees `_closing` and ends
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            committer.join()
         with self._lock:
             if self._db is not None:
+                if self._db.in_transaction:
+                    self._db.execute("COMMIT")
                 self._db.close()
                 self._db = None
+            self._uncommitted.clear()
+
+    def commit(self) -> None:
+        """Commit the open write transaction now, if there is one."""
+        with self._lock:
+            db = self._db
+            try:
+                if db is not None and db.in_transaction:
+                    db.execute("COMMIT")
+            finally:
+                if db is None or not db.in_transaction:
+                    self._uncommitted.clear()
+
+    def _commit_loop(self) -> None:
+        while True:
+            self._uncommitted.wait()
+            # Let more writes join the transaction; `close()` cuts the wait short.
+            if self._closing.wait(self.commit_delay_s):
+                return
+            try:
+                self.commit()
+            except sqlite3.Error:
+                _log.exception("local Nexus: commit failed; trying again shortly")
 
     @contextmanager
     def _locked(self) -> Iterator[sqlite3.Connection]:
-        """The connection, for one statement (autocommit) or a read."""
+        """The connection, for a read."""
         with self._lock:
             if self._db is None:
                 raise RuntimeError("NexusStore is not open")
             yield self._db
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """The connection inside a write transaction (limit checks and inserts stay atomic)."""
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """The connection inside the open write transaction (begun if none is open)."""
         with self._locked() as db:
-            db.execute("BEGIN IMMEDIATE")
+            if not db.in_transaction:
+                db.execute("BEGIN IMMEDIATE")
+                self._uncommitted.set()
+            yield db
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """Like `_writing`, all or nothing: limit checks and inserts stay atomic."""
+        with self._writing() as db:
+            db.execute("SAVEPOINT write")
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                db.execute("ROLLBACK TO write")
+                db.execute("RELEASE write")
                 raise
-            db.execute("COMMIT")
+            db.execute("RELEASE write")
 
     def _monthly_room(self, db: sqlite3.Connection) -> int | None:
         """How many more traces the plan takes this month (`None`: no limit).
@@ -262,19 +344,31 @@ class NexusStore:
                 db.execute("SELECT 1 FROM traces WHERE id = ?", (trace_id,)).fetchone() is not None
             )
 
-    def update_trace(self, trace_id: str, status: str | None, ended_at: str | None) -> None:
-        """Set the given fields of a trace (`None` leaves a field as it is)."""
-        with self._locked() as db:
-            db.execute(
+    def update_trace(self, trace_id: str, status: str | None, ended_at: str | None) -> bool:
+        """Set the given fields of a trace (`None` leaves a field as it is).
+
+        Returns:
+            Whether the trace exists (nothing is written when it does not).
+        """
+        with self._writing() as db:
+            cursor = db.execute(
                 "UPDATE traces SET status = coalesce(?, status), ended_at = coalesce(?, ended_at)"
                 " WHERE id = ?",
                 (status, ended_at, trace_id),
             )
+            return cursor.rowcount > 0
 
-    def create_span(self, trace_id: str, span: SpanRow) -> None:
-        """Insert `span` (its `id` included) into trace `trace_id`."""
-        with self._locked() as db:
-            db.execute(_INSERT_SPAN, _span_params(trace_id, span))
+    def create_span(self, trace_id: str, span: SpanRow) -> bool:
+        """Insert `span` (its `id` included) into trace `trace_id`.
+
+        Returns:
+            Whether the trace exists (nothing is written when it does not).
+        """
+        with self._writing() as db:
+            cursor = db.execute(
+                _INSERT_SPAN_INTO_EXISTING, (*_span_params(trace_id, span), trace_id)
+            )
+            return cursor.rowcount > 0
 
     def ingest_otlp(self, resources: Sequence[OtlpResource]) -> None:
         """Store OTLP-derived traces in one transaction.

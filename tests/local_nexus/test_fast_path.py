@@ -1,9 +1,8 @@
 """The write routes' fast paths answer exactly as the FastAPI app does.
 
-Three ways in must agree byte for byte: FastAPI itself (`NexusApp.framework`), the ASGI
-front `FastWrites` (`NexusApp.entry`), and uvicorn's protocol answering from its parser
-callbacks (`server.DirectWritesProtocol`). Other requests must still reach FastAPI, and
-fault injection must still reach the write routes.
+Two ways in must agree byte for byte: FastAPI itself (`NexusApp.framework`) and the ASGI
+front `FastWrites` (`NexusApp.entry`). Other requests must still reach FastAPI, and fault
+injection must still reach the write routes.
 """
 
 from __future__ import annotations
@@ -28,11 +27,9 @@ from nexus_bedrock_tasks.local.nexus.api import KeyCheck
 from nexus_bedrock_tasks.local.nexus.app import NexusApp, create_app
 from nexus_bedrock_tasks.local.nexus.config import DEV_KEY, PlanLimits
 from nexus_bedrock_tasks.local.nexus.fast_path import FastWrites
-from nexus_bedrock_tasks.local.nexus.server import make_server
 from nexus_bedrock_tasks.local.nexus.store import NexusStore, SpanRow, new_id
 from nexus_bedrock_tasks.local.nexus.testing import LocalNexus, run_local_nexus
 from nexus_bedrock_tasks.local.nexus.web import HEALTH_PATH
-from nexus_bedrock_tasks.local.serving import serve_in_background
 from tests.local_nexus.conftest import Api, at, trace_body
 
 AUTH = (b"authorization", f"Bearer {DEV_KEY}".encode())
@@ -278,33 +275,7 @@ def test_write_routes_do_not_reach_fastapi(app: NexusApp) -> None:
     assert spy.paths == []
 
 
-# -- uvicorn answering from its parser -------------------------------------------------
-
-
-@contextmanager
-def asgi_only_nexus() -> Iterator[str]:
-    """A local Nexus whose uvicorn has no direct write path (every request is ASGI)."""
-    app = create_app(None, DEV_KEY)
-    app.fast_writes = None
-    with serve_in_background(
-        make_server(app, quiet=True), "127.0.0.1", 0, name="asgi nexus", health_path=HEALTH_PATH
-    ) as url:
-        yield url
-
-
-def exchange(url: str, requests: list[bytes], pause_s: float = 0.0) -> list[bytes]:
-    """Send raw requests on one connection, return each raw answer (head and body)."""
-    host, port = url.removeprefix("http://").split(":")
-    answers: list[bytes] = []
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        reader = sock.makefile("rb")
-        for request in requests:
-            head, _, body = request.partition(b"\r\n\r\n")
-            sock.sendall(head + b"\r\n\r\n" + body[: len(body) // 2])
-            time.sleep(pause_s)
-            sock.sendall(body[len(body) // 2 :])
-            answers.append(read_answer(reader))
-    return answers
+# -- on a real socket ---------------------------------------------------------------
 
 
 def read_answer(reader: Any) -> bytes:
@@ -322,48 +293,6 @@ def raw_request(method: str, path: str, body: object, auth: str = DEV_KEY, *extr
     head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Authorization: Bearer {auth}"]
     head += [*extra, "Content-Type: application/json", f"Content-Length: {len(data)}"]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + data
-
-
-def write_requests(trace_id: str) -> list[bytes]:
-    spans = f"/api/v1/traces/{trace_id}/spans"
-    return [
-        raw_request("POST", "/api/v1/traces", trace_body("direct")),
-        raw_request("POST", "/api/v1/traces", {"agent_id": 1}),
-        raw_request("POST", spans, span_body(output="é" * 50)),
-        raw_request("POST", spans, b"{oops"),
-        raw_request("POST", f"/api/v1/traces/{MISSING}/spans", span_body()),
-        raw_request("POST", spans, span_body(), "nxs_wrong"),
-        raw_request("PATCH", f"/api/v1/traces/{trace_id}", {"status": "timeout"}),
-        raw_request("PATCH", f"/api/v1/traces/{trace_id}", {}),
-        raw_request("POST", spans, span_body(), DEV_KEY, "Connection: close"),
-    ]
-
-
-def test_direct_answers_are_the_asgi_answers_byte_for_byte(
-    shared_nexus: LocalNexus, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    app = shared_nexus.app
-    assert isinstance(app, NexusApp)
-    spy = Spy(app.entry)
-    monkeypatch.setattr(app, "entry", spy)
-    answers = {}
-    with asgi_only_nexus() as asgi_url:
-        for name, url in (("direct", shared_nexus.url), ("asgi", asgi_url)):
-            created = httpx.post(
-                f"{url}/api/v1/traces",
-                json=trace_body("direct"),
-                headers={"Authorization": f"Bearer {DEV_KEY}"},
-            )
-            raw = exchange(url, write_requests(created.json()["trace_id"]), pause_s=0.01)
-            answers[name] = [UUID_TEXT.sub(b"<id>", answer) for answer in raw]
-    assert answers["direct"] == answers["asgi"]
-    assert answers["direct"][2] == (
-        b"HTTP/1.1 201 Created\r\ncontent-length: 50\r\ncontent-type: application/json\r\n\r\n"
-        b'{"span_id":"<id>"}'
-    )
-    # Of the shared server's requests only the one asking to close went through ASGI.
-    assert [path.rsplit("/", 1)[-1] for path in spy.paths] == ["spans"]
-    assert answers["direct"][-1].count(b"connection: close") == 1
 
 
 def test_pipelined_and_mixed_requests_keep_their_order(api: Api, agent: str) -> None:

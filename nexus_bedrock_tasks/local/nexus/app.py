@@ -41,9 +41,6 @@ class NexusApp(FastAPI):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.entry: ASGIApp = self.framework
-        # The write routes, when nothing (fault injection) must come between them and the
-        # socket: the server may then answer them itself (`server.DirectWritesProtocol`).
-        self.fast_writes: FastWrites | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.entry(scope, receive, send)
@@ -102,12 +99,11 @@ def create_app(
     api = NexusApi(store, keys)
     app.router.routes.extend(api.routes())
     app.include_router(build_web_router(store))
-    app.entry = app.fast_writes = FastWrites(api, app.framework)
+    app.entry = FastWrites(api, app.framework)
     if faults:
         injector = FaultInjector()
         app.state.faults = injector
         app.include_router(build_faults_router(injector, keys))
         # Outermost, so that faults reach the write routes that FastWrites answers.
         app.entry = FaultMiddleware(app.entry, faults=injector)
-        app.fast_writes = None
     return app

@@ -14,8 +14,6 @@ with the routes' path patterns, the same key check, the same handlers (`NexusApi
 framework's. Every other request (other methods or paths, the web page, `/health`, OTLP,
 `/_faults`, lifespan events) goes to the app as before. Fault injection, when on, wraps
 `FastWrites` (see `app.create_app`), so it applies to these routes as to the others.
-Without faults, `server.DirectWritesProtocol` calls `route` and `answer` from uvicorn's
-parser callbacks, skipping ASGI too.
 """
 
 from __future__ import annotations

@@ -145,7 +145,9 @@ class Dispatcher:
         self._creates_resume_at = 0.0
         self._failures = 0
         self._fatal = False
-        box.refill_below = max(1, max_inflight // 2)
+        # Woken when the workers are down to about two deliveries each: enough to keep
+        # them busy through a cycle, few enough that a cycle takes in many outcomes.
+        box.refill_below = max(1, max_inflight // 8)
 
     def run(self) -> None:
         """The dispatcher thread's loop; returns once the exporter stops."""

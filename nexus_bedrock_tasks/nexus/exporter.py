@@ -143,7 +143,11 @@ class NexusExporter:
             self._box,
             self._work.put,
             self._log,
-            max_inflight=4 * self._workers,
+            # Deep hand-outs: each dispatcher cycle is one outbox transaction, holding the
+            # lock the agent run's thread spools under. Handing out many operations at
+            # once (all marked "attempted" first) makes cycles few and big; a process that
+            # dies leaves at most this many to look up in Nexus instead of re-posting.
+            max_inflight=16 * self._workers,
             redelivery_delay=self._redelivery_delay,
         )
         self._threads = [threading.Thread(target=dispatcher.run, name="nexus-dispatch")]

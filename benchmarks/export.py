@@ -6,8 +6,12 @@ the emulator, reused), as fast as the caller can; the clock runs from the first 
 operation until the exporter has delivered everything. Running the flows themselves
 would measure Prefect's pace (~1 flow run/s here), not the exporter's.
 
-Baseline: the same local Nexus taking span POSTs from a minimal client (one kept-alive
-httpx client, prebuilt bodies) at the exporter's concurrency: the server's own ceiling.
+The figure is the median of `EXPORT_BURSTS` bursts, after an uncounted smaller one.
+
+Baseline: the same local Nexus taking span POSTs from one kept-alive `httpx.Client`
+posting prebuilt bodies at the exporter's concurrency: what the usual Python HTTP client
+reaches without any tracing work (the exporter writes over its own lean HTTP/1.1 path,
+`nexus/http1.py`, and now outpaces it).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from benchmarks.harness import Services, benchmark_call, plain_client
 EXPORTER_WORKERS = 4
 """`NexusExporter`'s default number of delivery threads."""
 FLUSH_TIMEOUT_S = 300.0
+EXPORT_BURSTS = 3
+"""Bursts measured; the figure is their median."""
 
 
 def read_benchmark_turn(services: Services) -> Any:
@@ -69,8 +75,14 @@ def trace_invocation(tracer: Any, turn: Any) -> None:
     tracer.forget(run_id)
 
 
-def exporter_burst(services: Services, workdir: Path, invocations: int) -> dict[str, Any]:
-    """Trace `invocations` invocations at once; how long until all reached Nexus."""
+def exporter_burst(
+    services: Services, workdir: Path, invocations: int, name: str = "burst"
+) -> dict[str, Any]:
+    """Trace `invocations` invocations at once; how long until all reached Nexus.
+
+    Each burst has an exporter of its own (its own threads, connections and outbox file
+    `outbox-<name>.sqlite3`), as a new process would.
+    """
     from nexus_bedrock_tasks.nexus.exporter import NexusExporter
     from nexus_bedrock_tasks.settings import NexusSettings
     from nexus_bedrock_tasks.tracing import Tracer
@@ -78,7 +90,7 @@ def exporter_burst(services: Services, workdir: Path, invocations: int) -> dict[
     turn = read_benchmark_turn(services)
     exporter = NexusExporter(
         NexusSettings(base_url=services.nexus_url, api_key=services.api_key),
-        outbox_path=workdir / "outbox-burst.sqlite3",
+        outbox_path=workdir / f"outbox-{name}.sqlite3",
         workers=EXPORTER_WORKERS,
     )
     exporter.start()
@@ -173,15 +185,38 @@ def raw_posts(services: Services, posts: int, concurrency: int) -> dict[str, Any
 
 
 def export_figure(services: Services, workdir: Path, sizes: Sizes) -> Figure:
-    """Spans/s delivered by the exporter, and its share of the server's ceiling."""
-    burst = exporter_burst(services, workdir, sizes.burst_invocations)
+    """Spans/s delivered by the exporter (median of `EXPORT_BURSTS` bursts), against an
+    `httpx.Client` posting prebuilt span bodies to the same server at the same concurrency.
+
+    A smaller burst goes first, uncounted: it takes the process's one-time costs (first
+    calls of the code paths, the server's first writes), which a long-lived caller pays
+    once. Each counted burst still starts a fresh exporter (threads, connections, outbox).
+    """
+    warmup = exporter_burst(services, workdir, max(1, sizes.burst_invocations // 4), name="warmup")
+    bursts = [
+        exporter_burst(services, workdir, sizes.burst_invocations, name=f"burst-{n}")
+        for n in range(EXPORT_BURSTS)
+    ]
+    burst = sorted(bursts, key=lambda b: float(b["spans_per_s"]))[len(bursts) // 2]
+    rates = [float(b["spans_per_s"]) for b in bursts]
     ceiling = raw_posts(services, sizes.raw_posts, EXPORTER_WORKERS)
     ratio = round(burst["spans_per_s"] / ceiling["spans_per_s"], 3)
     return Figure(
         key="export_spans_per_s",
         value=burst["spans_per_s"],
-        measured=f"exporter {burst['spans_per_s']:,.0f} spans/s",
-        baseline=f"minimal client, same server and concurrency {ceiling['spans_per_s']:,.0f}/s",
+        measured=(
+            f"exporter {burst['spans_per_s']:,.0f} spans/s (median of {len(bursts)} bursts "
+            f"of {sizes.burst_invocations} invocations; {min(rates):,.0f}–{max(rates):,.0f})"
+        ),
+        baseline=(
+            f"httpx.Client posting prebuilt spans, same server and concurrency "
+            f"{ceiling['spans_per_s']:,.0f}/s"
+        ),
         ratio=ratio,
-        raw={"burst": burst, "server_ceiling": ceiling},
+        raw={
+            "burst": burst,
+            "bursts_spans_per_s": rates,
+            "warmup": warmup,
+            "httpx_client": ceiling,
+        },
     )

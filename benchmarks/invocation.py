@@ -101,6 +101,8 @@ class Invoker:
         self.tracers = {
             name: TimedTracer(Tracer(exporter)) for name, exporter in self.exporters.items()
         }
+        # Same exporter, own clock: the in-tracer time is that of the shared-clients runs.
+        self.tracers["traced_own_clients"] = TimedTracer(Tracer(self.exporters["traced"]))
 
     def plain(self) -> Measure:
         """A stock boto3 invoke + drain of the whole stream."""
@@ -121,7 +123,8 @@ class Invoker:
         from nexus_bedrock_tasks.tracing import set_tracer
 
         session_id = self.knobs.new_session(self.sizes.step_latency_ms)
-        set_tracer(self.tracers[variant])  # type: ignore[arg-type]
+        tracer = self.tracers[variant if shared_clients else f"{variant}_own_clients"]
+        set_tracer(tracer)  # type: ignore[arg-type]
         try:
             cpu, started = time.process_time(), time.perf_counter()
             result = self.loop.run(

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rss-direct",
         action="store_true",
-        help="measure eval_rss_mb on all 10,000 cases (~15-20 min) instead of extrapolating",
+        help="measure eval_rss_mb on all 10,000 cases (~5 min more) instead of extrapolating",
     )
     parser.add_argument("--results", type=Path, help="where to write results.json")
     parser.add_argument("--markdown", type=Path, help="BENCHMARKS.md to update")

@@ -100,3 +100,19 @@ def api(shared_nexus: LocalNexus) -> Iterator[Api]:
     """Raw HTTP client of the shared server."""
     with Api(shared_nexus) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def faulty_nexus() -> Iterator[LocalNexus]:
+    """A local Nexus with fault injection on (one per test module)."""
+    with run_local_nexus(faults=True) as nexus:
+        yield nexus
+
+
+@pytest.fixture
+def faulty(faulty_nexus: LocalNexus) -> Iterator[Api]:
+    """A client of `faulty_nexus`, its faults cleared before and after the test."""
+    faulty_nexus.faults.clear()
+    with Api(faulty_nexus) as client:
+        yield client
+    faulty_nexus.faults.clear()

@@ -28,7 +28,6 @@ from nexus_bedrock_tasks.local.nexus.app import NexusApp, create_app
 from nexus_bedrock_tasks.local.nexus.config import DEV_KEY, PlanLimits
 from nexus_bedrock_tasks.local.nexus.fast_path import FastWrites
 from nexus_bedrock_tasks.local.nexus.store import NexusStore, SpanRow, new_id
-from nexus_bedrock_tasks.local.nexus.testing import LocalNexus, run_local_nexus
 from nexus_bedrock_tasks.local.nexus.web import HEALTH_PATH
 from tests.local_nexus.conftest import Api, at, trace_body
 
@@ -336,20 +335,6 @@ def test_http_1_0_and_expect_continue_take_the_asgi_path(api: Api, agent: str) -
 
 
 # -- faults still reach the write routes ------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def faulty_nexus() -> Iterator[LocalNexus]:
-    with run_local_nexus(faults=True) as nexus:
-        yield nexus
-
-
-@pytest.fixture
-def faulty(faulty_nexus: LocalNexus) -> Iterator[Api]:
-    faulty_nexus.faults.clear()
-    with Api(faulty_nexus) as client:
-        yield client
-    faulty_nexus.faults.clear()
 
 
 def test_faults_apply_to_span_posts_and_patches(faulty: Api, agent: str) -> None:

@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from nexus_bedrock_tasks.exceptions import NexusAuthError
 from nexus_bedrock_tasks.local.nexus.store import TraceFilter
-from nexus_bedrock_tasks.local.nexus.testing import LocalNexus, run_local_nexus
+from nexus_bedrock_tasks.local.nexus.testing import LocalNexus
 from nexus_bedrock_tasks.nexus.client import NexusClient
 from nexus_bedrock_tasks.nexus.records import TraceRecord, utcnow
 from tests.local_nexus.conftest import Api, trace_body
-
-
-@pytest.fixture(scope="module")
-def faulty_nexus() -> Iterator[LocalNexus]:
-    with run_local_nexus(faults=True) as nexus:
-        yield nexus
-
-
-@pytest.fixture
-def faulty(faulty_nexus: LocalNexus) -> Iterator[Api]:
-    faulty_nexus.faults.clear()
-    with Api(faulty_nexus) as api:
-        yield api
-    faulty_nexus.faults.clear()
 
 
 def stored_traces(nexus: LocalNexus, agent: str) -> int:

@@ -7,6 +7,7 @@ does not return, such as trace names, from the server's store).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -80,10 +81,14 @@ def test_listing_finds_the_trace_by_agent_and_outcome(
     make_client: ClientFactory, shared_nexus: LocalNexus, api: Api, agent: str
 ) -> None:
     client = make_client(shared_nexus, agent)
+    # Newest first is by `started_at`, in milliseconds: traces started in the same
+    # millisecond (a fast client makes them) would have no defined order.
     ok_id = client.start_trace("invoke: fine")
     client.end_trace(ok_id, "success")
+    time.sleep(0.002)
     timeout_id = client.start_trace("invoke: slow")
     client.end_trace(timeout_id, "timeout")
+    time.sleep(0.002)
     running_id = client.start_trace("invoke: still going")
 
     def listed(**params: str) -> tuple[list[str], str]:

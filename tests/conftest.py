@@ -7,6 +7,7 @@ developer's own Prefect profile, outbox and tool ledger.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,11 @@ os.environ["NEXUS_BEDROCK_TOOL_LEDGER"] = str(_HOME / "tool-ledger.sqlite3")
 os.environ["XDG_DATA_HOME"] = str(_HOME / "data")
 for _name in ("NEXUS_API_KEY", "NEXUS_BASE_URL", "NEXUS_AGENT_ID"):
     os.environ.pop(_name, None)
+# A runner started with Ctrl-C ignored (a background job of a non-interactive shell,
+# `(make test &)`) passes that on to every process the tests start, and the tests that
+# press Ctrl-C on them would fail. A handler of our own is reset to the default in them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

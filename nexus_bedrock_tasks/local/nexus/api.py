@@ -51,6 +51,8 @@ from nexus_bedrock_tasks.local.nexus.validation import (
 INVALID_API_KEY: Final[Mapping[str, object]] = {"error": "Invalid API key"}
 TRACE_NOT_FOUND: Final[Mapping[str, object]] = {"error": "Trace not found"}
 TOTAL_COUNT_HEADER: Final = "X-Total-Count"
+WriteAnswer = tuple[int, dict[str, str]]
+"""A write route's success: its status and JSON body."""
 TRACES_PATH: Final = "/api/v1/traces"
 TRACE_PATH: Final = TRACES_PATH + "/{trace_id}"
 SPANS_PATH: Final = TRACE_PATH + "/spans"
@@ -162,6 +164,11 @@ def _plan_error(exc: AgentLimitReached | TraceLimitReached) -> ApiError:
     )
 
 
+def _json_answer(answer: WriteAnswer) -> JSONResponse:
+    status_code, content = answer
+    return JSONResponse(content, status_code=status_code)
+
+
 def _raise_if_invalid(errors: dict[str, str], message: str = VALIDATION_FAILED) -> None:
     if errors:
         raise ApiError(400, {"error": message, "fields": errors})
@@ -233,11 +240,12 @@ class NexusApi:
             Route(OTLP_TRACES_PATH, _guarded(otlp, self.ingest_otlp), methods=["POST"]),
         ]
 
-    # The write routes' work, without the framework: `FastWrites` (fast_path.py) serves
-    # them straight from ASGI; the Starlette routes below wrap the same methods.
+    # The write routes' work and answers, without the framework: `FastWrites`
+    # (fast_path.py) serves them straight from ASGI; the Starlette routes below send the
+    # same answers.
 
-    def post_trace(self, raw_body: bytes) -> str:
-        """`POST /api/v1/traces`: store the trace, return its id.
+    def post_trace(self, raw_body: bytes) -> WriteAnswer:
+        """`POST /api/v1/traces`: store the trace → `201 {"trace_id"}`.
 
         Raises:
             ApiError: invalid fields (400) or a plan limit (403, 429).
@@ -247,7 +255,7 @@ class NexusApi:
         _raise_if_invalid(trace_errors(body))
         ended_at = body.get("ended_at")
         try:
-            return self.store.create_trace(
+            trace_id = self.store.create_trace(
                 agent_name=str(body["agent_id"]),
                 name=str(body["name"]),
                 status=str(body["status"]),
@@ -257,9 +265,11 @@ class NexusApi:
             )
         except (AgentLimitReached, TraceLimitReached) as exc:
             raise _plan_error(exc) from exc
+        return 201, {"trace_id": trace_id}
 
-    def patch_trace(self, trace_id: str, raw_body: bytes) -> None:
-        """`PATCH /api/v1/traces/:id`: set its status and/or end; metadata is ignored.
+    def patch_trace(self, trace_id: str, raw_body: bytes) -> WriteAnswer:
+        """`PATCH /api/v1/traces/:id`: set its status and/or end → `200 {"trace_id"}`;
+        metadata is ignored.
 
         Raises:
             ApiError: no such trace (404, before any complaint about the body), invalid
@@ -282,9 +292,11 @@ class NexusApi:
         )
         if not updated:
             raise ApiError(404, TRACE_NOT_FOUND)
+        return 200, {"trace_id": trace_id}
 
-    def post_span(self, trace_id: str, raw_body: bytes) -> str:
-        """`POST /api/v1/traces/:id/spans`: store the span, return its id (parent unchecked).
+    def post_span(self, trace_id: str, raw_body: bytes) -> WriteAnswer:
+        """`POST /api/v1/traces/:id/spans`: store the span → `201 {"span_id"}` (the parent
+        is not checked).
 
         Raises:
             ApiError: no such trace (404, before any complaint about the body) or invalid
@@ -312,28 +324,25 @@ class NexusApi:
         )
         if not self.store.create_span(trace_id, span):
             raise ApiError(404, TRACE_NOT_FOUND)
-        return span.id
+        return 201, {"span_id": span.id}
 
     def _require_trace(self, trace_id: str) -> None:
         if not self.store.trace_exists(trace_id):
             raise ApiError(404, TRACE_NOT_FOUND)
 
     async def create_trace(self, request: Request) -> Response:
-        """`POST /api/v1/traces` → `201 {"trace_id"}`."""
-        trace_id = self.post_trace(await request.body())
-        return JSONResponse({"trace_id": trace_id}, status_code=201)
+        """`POST /api/v1/traces` (`post_trace`)."""
+        return _json_answer(self.post_trace(await request.body()))
 
     async def update_trace(self, request: Request) -> Response:
-        """`PATCH /api/v1/traces/:id` → `200 {"trace_id"}`; metadata is ignored."""
+        """`PATCH /api/v1/traces/:id` (`patch_trace`)."""
         trace_id = str(request.path_params["trace_id"])
-        self.patch_trace(trace_id, await request.body())
-        return JSONResponse({"trace_id": trace_id})
+        return _json_answer(self.patch_trace(trace_id, await request.body()))
 
     async def create_span(self, request: Request) -> Response:
-        """`POST /api/v1/traces/:id/spans` → `201 {"span_id"}` (the parent is not checked)."""
+        """`POST /api/v1/traces/:id/spans` (`post_span`)."""
         trace_id = str(request.path_params["trace_id"])
-        span_id = self.post_span(trace_id, await request.body())
-        return JSONResponse({"span_id": span_id}, status_code=201)
+        return _json_answer(self.post_span(trace_id, await request.body()))
 
     async def list_traces(self, request: Request) -> Response:
         """`GET /api/v1/traces` → a bare array, newest first, with `X-Total-Count`."""

@@ -19,7 +19,8 @@ framework's. Every other request (other methods or paths, the web page, `/health
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Final
 
 from starlette.routing import compile_path
@@ -32,6 +33,7 @@ from nexus_bedrock_tasks.local.nexus.api import (
     TRACES_PATH,
     ApiError,
     NexusApi,
+    WriteAnswer,
     error_answer,
     first_header,
     render_json,
@@ -40,10 +42,9 @@ from nexus_bedrock_tasks.local.nexus.validation import BodyError
 
 # A status and its JSON body.
 Answer = tuple[int, bytes]
-# `(trace_id, raw body)` → its answer; raises `ApiError` or `BodyError`.
-Handler = Callable[[str, bytes], Answer]
-# A write route's handler and the trace id of its path ("" for `POST /api/v1/traces`).
-Route = tuple[Handler, str]
+# A write route's handler, its path's trace id bound: raw body → its answer; raises
+# `ApiError` or `BodyError`.
+Route = Callable[[bytes], WriteAnswer]
 
 
 def _route_pattern(path: str) -> re.Pattern[str]:
@@ -55,7 +56,7 @@ def _route_pattern(path: str) -> re.Pattern[str]:
 _TRACES: Final = _route_pattern(TRACES_PATH)
 _TRACE: Final = _route_pattern(TRACE_PATH)
 _SPANS: Final = _route_pattern(SPANS_PATH)
-JSON_CONTENT_TYPE: Final = (b"content-type", b"application/json")
+_JSON_CONTENT_TYPE: Final = (b"content-type", b"application/json")
 _INVALID_API_KEY_BODY: Final = render_json(INVALID_API_KEY)
 
 
@@ -81,7 +82,8 @@ class FastWrites:
                     return  # the client left before sending its body: nobody to answer
                 authorization = first_header(scope["headers"], b"authorization")
                 status, body = self.answer(route, authorization, raw_body)
-                headers = [(b"content-length", str(len(body)).encode("latin-1")), JSON_CONTENT_TYPE]
+                length = (b"content-length", str(len(body)).encode("latin-1"))
+                headers = [length, _JSON_CONTENT_TYPE]
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 return
@@ -94,39 +96,30 @@ class FastWrites:
         if method == "POST":
             match = _SPANS.match(path)
             if match is not None:
-                return self._create_span, match["trace_id"]
+                return partial(self.api.post_span, match["trace_id"])
             if _TRACES.match(path) is not None:
-                return self._create_trace, ""
+                return self.api.post_trace
         elif method == "PATCH":
             match = _TRACE.match(path)
             if match is not None:
-                return self._update_trace, match["trace_id"]
+                return partial(self.api.patch_trace, match["trace_id"])
         return None
 
     def answer(self, route: Route, authorization: bytes | None, raw_body: bytes) -> Answer:
         """Status and JSON body of a write request: the key check, then the handler.
 
         Sent with the headers of Starlette's `JSONResponse`, in its order: content-length,
-        then `JSON_CONTENT_TYPE`.
+        then content-type.
         """
         if not self.api.keys.accepts_authorization(authorization):
             return 401, _INVALID_API_KEY_BODY
-        handler, trace_id = route
+        answer: tuple[int, Mapping[str, object]]
         try:
-            return handler(trace_id, raw_body)
+            answer = route(raw_body)
         except (ApiError, BodyError) as exc:
-            status, content = error_answer(exc)
-            return status, render_json(content)
-
-    def _create_trace(self, _trace_id: str, raw_body: bytes) -> Answer:
-        return 201, render_json({"trace_id": self.api.post_trace(raw_body)})
-
-    def _update_trace(self, trace_id: str, raw_body: bytes) -> Answer:
-        self.api.patch_trace(trace_id, raw_body)
-        return 200, render_json({"trace_id": trace_id})
-
-    def _create_span(self, trace_id: str, raw_body: bytes) -> Answer:
-        return 201, render_json({"span_id": self.api.post_span(trace_id, raw_body)})
+            answer = error_answer(exc)
+        status, content = answer
+        return status, render_json(content)
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -48,6 +48,16 @@ class NexusSettings(BaseSettings):
     otlp_endpoint: str | None = Field(
         default=None, description="Optional OTLP/HTTP JSON endpoint (`.../v1/traces`)."
     )
+    delivery_delay_ms: float = Field(
+        default=200.0,
+        ge=0,
+        le=60_000,
+        description=(
+            "After a quiet spell, spooled spans wait this long for company before they go "
+            "(delivery then runs after the agent run's busy end, not during it); 0 sends "
+            "at once. A flush, a full batch or work already in flight do not wait."
+        ),
+    )
 
 
 class BedrockTasksSettings(BaseSettings):

@@ -73,6 +73,12 @@ class Mailbox:
     work (`needs_dispatcher`): while they have plenty, a cycle would only cost CPU they
     need, and waiting lets one cycle (one outbox transaction) take in many outcomes.
 
+    When nothing is in flight, new operations also wait up to `delay_s` for company
+    (`incoming_due`): an agent run spools most of its spans in its last milliseconds,
+    while Prefect finishes the run, and delivering them a moment later keeps that work
+    off the run's own time. A full batch, a flush (`kick`) or a new trace (`hurry`: it
+    shows the run live, and the run's end waits for its Nexus id) ends the wait.
+
     Attributes:
         incoming: operations spooled and not yet taken in by the dispatcher.
         results: delivery outcomes not yet applied.
@@ -85,6 +91,10 @@ class Mailbox:
         handed_out: deliveries handed to the workers and not yet taken back, as of the
             dispatcher's last cycle.
         refill_below: wake the dispatcher once fewer deliveries than this are left.
+        delay_s: how long new operations may wait for company while nothing is in flight.
+        batch: this many new operations go at once, without waiting.
+        incoming_since: when the oldest operation in `incoming` was spooled (monotonic).
+        hurry: `incoming` holds a new trace: no waiting.
     """
 
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -103,6 +113,10 @@ class Mailbox:
     trace_ids: dict[str, str] = field(default_factory=dict)
     handed_out: int = 0
     refill_below: int = 1
+    delay_s: float = 0.0
+    batch: int = 1
+    incoming_since: float = 0.0
+    hurry: bool = False
 
     def __post_init__(self) -> None:
         self.cond = threading.Condition(self.lock)
@@ -111,6 +125,24 @@ class Mailbox:
     def needs_dispatcher(self) -> bool:
         """The workers run low on work (call with the lock held)."""
         return self.handed_out - len(self.results) < self.refill_below
+
+    def incoming_due(self, now: float) -> bool:
+        """The operations in `incoming` should go now (call with the lock held): deliveries
+        are in flight (the pipeline runs: no waiting), a batch has gathered, a new trace
+        is among them, or the oldest has waited `delay_s`.
+        """
+        return (
+            self.handed_out > len(self.results)
+            or len(self.incoming) >= self.batch
+            or self.hurry
+            or now - self.incoming_since >= self.delay_s
+        )
+
+    def take_incoming(self) -> list[OutboxOp]:
+        """Hand the spooled operations to the dispatcher (call with the lock held)."""
+        incoming, self.incoming = self.incoming, []
+        self.hurry = False
+        return incoming
 
 
 class Dispatcher:
@@ -123,6 +155,7 @@ class Dispatcher:
         log: the exporter's once-per-problem logger.
         max_inflight: deliveries handed out at most at a time.
         redelivery_delay: first pause after Nexus was unavailable.
+        delay: how long new operations wait for company while nothing is in flight.
     """
 
     def __init__(
@@ -134,6 +167,7 @@ class Dispatcher:
         *,
         max_inflight: int,
         redelivery_delay: float,
+        delay: float = 0.0,
     ) -> None:
         self._outbox = outbox
         self._box = box
@@ -148,6 +182,8 @@ class Dispatcher:
         # Woken when the workers are down to about two deliveries each: enough to keep
         # them busy through a cycle, few enough that a cycle takes in many outcomes.
         box.refill_below = max(1, max_inflight // 8)
+        box.delay_s = delay
+        box.batch = max(1, max_inflight // 2)
 
     def run(self) -> None:
         """The dispatcher thread's loop; returns once the exporter stops."""
@@ -168,11 +204,13 @@ class Dispatcher:
                     wake = next_poll if scheduler.pending else time.monotonic() + POLL_S
                     if scheduler.inflight < self._max_inflight:
                         wake = min(wake, self._next_send_time(scheduler))
+                    if self._box.incoming:
+                        wake = min(wake, self._box.incoming_since + self._box.delay_s)
                     left = wake - time.monotonic()
                     if left <= 0:
                         break
                     self._box.cond.wait(left)
-                incoming, self._box.incoming = self._box.incoming, []
+                incoming = self._box.take_incoming()
                 results, self._box.results = self._box.results, []
                 self._box.busy = True
                 stopping = self._box.stopping
@@ -225,9 +263,11 @@ class Dispatcher:
 
     def _has_news(self, scheduler: DeliveryScheduler) -> bool:
         now = time.monotonic()
+        box = self._box
         can_send = self._sendable(scheduler, now) and scheduler.inflight < self._max_inflight
+        news = box.results or (box.incoming and box.incoming_due(now))
         return bool(
-            ((self._box.incoming or self._box.results) and self._box.needs_dispatcher())
+            (news and box.needs_dispatcher())
             or self._box.stopping
             or self._box.kick
             or (can_send and now >= self._resume_at)

@@ -149,6 +149,7 @@ class NexusExporter:
             # dies leaves at most this many to look up in Nexus instead of re-posting.
             max_inflight=16 * self._workers,
             redelivery_delay=self._redelivery_delay,
+            delay=self._settings.delivery_delay_ms / 1000,
         )
         self._threads = [threading.Thread(target=dispatcher.run, name="nexus-dispatch")]
         self._threads += [
@@ -286,10 +287,21 @@ class NexusExporter:
         except sqlite3.Error as exc:
             self._log.warn("spool", f"Nexus export: cannot write the outbox ({exc}); dropped")
             return
-        with self._box.cond:
-            self._box.incoming.extend(ops)
-            if self._box.needs_dispatcher():
-                self._box.cond.notify()
+        box = self._box
+        with box.cond:
+            now = time.monotonic()
+            first = not box.incoming
+            if first:
+                box.incoming_since = now
+            box.incoming.extend(ops)
+            if kind == "trace":
+                # A new trace goes at once: it shows the run live, and the run's end waits
+                # for its Nexus id. It is spooled as the run starts, not in its busy end.
+                box.hurry = True
+            # The first one after a quiet spell wakes the dispatcher even when it is to
+            # wait: the dispatcher sets its alarm by it.
+            if box.needs_dispatcher() and (first or box.incoming_due(now)):
+                box.cond.notify()
 
     # -- queries -------------------------------------------------------------------------
 

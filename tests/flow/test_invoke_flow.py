@@ -422,3 +422,32 @@ def test_parameters_from_a_deployment_are_coerced_like_before(stack: Traced) -> 
     # `prefect deployment run --param max_total_tokens=5000` may hand over a string.
     result = invoke(stack, **DEMO, prompt="What should I pack?", max_total_tokens="5000")
     assert result.finish_reason == "end_turn"
+
+
+def test_no_server_lookup_of_result_storage_and_persisting_on_request(
+    stack: Traced, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import prefect.results
+
+    lookups: list[str] = []
+    real = prefect.results._read_server_default_result_storage_block_id
+
+    def counted() -> Any:
+        lookups.append("sync")
+        return real()
+
+    monkeypatch.setattr(prefect.results, "_read_server_default_result_storage_block_id", counted)
+    prompt = "What should I pack for a city trip?"
+    result = invoke(stack, **DEMO, prompt=prompt)
+    assert result.finish_reason == "end_turn"
+    assert lookups == []  # the named storage spares the blocking lookup on the event loop
+
+    persisting = invoke_agent_flow.with_options(persist_result=True)
+    state = stack.loop.run(persisting(**DEMO, prompt=prompt, return_state=True))
+    stored = state.data  # a result record: written to the storage, read back by result()
+    assert stored is not None and stored.metadata.storage_key
+    assert Path(stored.metadata.storage_key).is_file()
+    again = state.result()
+    assert isinstance(again, InvocationResult)
+    assert again.text.startswith("When you pack for a city trip")
+    assert lookups == []

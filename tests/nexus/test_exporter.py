@@ -380,3 +380,102 @@ def test_spans_added_together_are_delivered_once_like_single_ones(
     assert exporter.flush(10) == 0
     assert_delivered_once(fake, trace, spans)
     assert exporter.stats()["delivered"] == len(spans) + 2
+
+
+# -- the delivery delay: spans wait for company while nothing is in flight ---------------
+
+
+def delayed(settings: NexusSettings, ms: float) -> NexusSettings:
+    return settings.model_copy(update={"delivery_delay_ms": ms})
+
+
+def wait_for(check: Callable[[], bool], timeout: float) -> float:
+    """Seconds until `check()` held; fails after `timeout`."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout, "not within the timeout"
+        time.sleep(0.005)
+    return time.monotonic() - started
+
+
+def test_spans_wait_for_the_delivery_delay_and_then_go_without_a_flush(
+    fake: FakeNexus, make_exporter: MakeExporter, settings: NexusSettings
+) -> None:
+    exporter = make_exporter(settings=delayed(settings, 400))
+    exporter.start()
+    trace, spans = make_tree("delay/")
+    exporter.start_trace(trace)
+    wait_for(lambda: fake.trace_by_local_id(trace.local_id) is not None, 5)  # at once
+
+    for span in spans:
+        exporter.add_span(trace.local_id, span)
+    exporter.end_trace(trace.local_id, "success", T0 + timedelta(seconds=90))
+    time.sleep(0.25)
+    assert fake.all_spans() == []  # still gathering
+    waited = wait_for(lambda: len(fake.all_spans()) == len(spans), 5)
+    # The rest of the 0.4 s, then the spans, without a flush: the dispatcher set its alarm
+    # by the delay (its idle wake-up, 2 s, would come far later).
+    assert 0.05 < waited < 0.9
+    wait_for(lambda: exporter.stats()["pending"] == 0, 5)
+    assert_delivered_once(fake, trace, spans)
+
+
+def test_a_new_trace_goes_at_once_and_its_spans_wait(
+    fake: FakeNexus, make_exporter: MakeExporter, settings: NexusSettings
+) -> None:
+    exporter = make_exporter(settings=delayed(settings, 60_000))
+    exporter.start()
+    trace, spans = make_tree("trace-first/")
+    exporter.start_trace(trace)
+    assert wait_for(lambda: fake.trace_by_local_id(trace.local_id) is not None, 5) < 2
+    exporter.add_span(trace.local_id, spans[0])
+    time.sleep(0.3)
+    assert fake.all_spans() == []
+    assert exporter.stats()["pending"] == 1
+
+
+def test_flush_does_not_wait_for_the_delay(
+    fake: FakeNexus, make_exporter: MakeExporter, settings: NexusSettings
+) -> None:
+    exporter = make_exporter(settings=delayed(settings, 60_000))
+    exporter.start()
+    trace, spans = make_tree("flush/")
+    spool_tree(exporter, trace, spans)
+    started = time.monotonic()
+    assert exporter.flush(10) == 0
+    assert time.monotonic() - started < 5
+    assert_delivered_once(fake, trace, spans)
+
+
+def test_a_full_batch_goes_without_waiting(
+    fake: FakeNexus, make_exporter: MakeExporter, settings: NexusSettings
+) -> None:
+    exporter = make_exporter(settings=delayed(settings, 60_000))
+    exporter.start()
+    trace, _ = make_tree("batch/")
+    exporter.start_trace(trace)
+    wait_for(lambda: fake.trace_by_local_id(trace.local_id) is not None, 5)
+    many = [
+        SpanRecord(f"batch:{n}", T0 + timedelta(seconds=n), T0 + timedelta(seconds=n + 1))
+        for n in range(40)  # more than half the 64 deliveries 4 workers may have out
+    ]
+    exporter.add_spans(trace.local_id, many)
+    wait_for(lambda: len(fake.all_spans()) == 40, 10)
+
+
+def test_spans_do_not_wait_while_deliveries_are_in_flight(
+    fake: FakeNexus, make_exporter: MakeExporter, settings: NexusSettings
+) -> None:
+    exporter = make_exporter(settings=delayed(settings, 60_000))
+    exporter.start()
+    first, _ = make_tree("first/")
+    exporter.start_trace(first)
+    wait_for(lambda: fake.trace_by_local_id(first.local_id) is not None, 5)
+    fake.delay = 1.0
+    second, _ = make_tree("second/")
+    exporter.start_trace(second)  # in flight for a second
+    wait_for(lambda: fake.in_flight > 0, 5)
+    exporter.add_span(first.local_id, SpanRecord("busy", T0, T0 + timedelta(seconds=1)))
+    # Handed out at once, next to the trace in flight: stored after one second, not after
+    # the trace's answer came back (two seconds) or the delay (a minute).
+    assert wait_for(lambda: len(fake.all_spans()) == 1, 10) < 1.7

@@ -10,6 +10,7 @@ machine load reaches all of them alike.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,9 @@ from benchmarks.stats import (
 )
 
 SETTLE_TIMEOUT_S = 30.0
+QUIET_S = 0.3
+"""Pause before each timed run: Prefect's server records a flow's task runs from their
+events for ~0.1 s after the run, and the run after it would otherwise meet that work."""
 
 
 class TimedTracer:
@@ -191,14 +195,23 @@ def _empty_flow() -> Any:
 
 
 def interleaved(
-    variants: dict[str, Callable[[], Measure]], rounds: int, warmup: int
+    variants: dict[str, Callable[[], Measure]], rounds: int, warmup: int, quiet_s: float = 0.0
 ) -> dict[str, list[Measure]]:
-    """Run every variant once per round, rotating the order; drop the warm-up rounds."""
+    """Run every variant once per round, rotating the order; drop the warm-up rounds.
+
+    With `quiet_s`, every run starts after that long a pause, so the servers have done
+    the previous run's work (Prefect records a run's task runs from its events after the
+    run) and no variant starts into more leftover work than another; a full garbage
+    collection in the pause keeps one (~50 ms with Prefect loaded) out of the runs.
+    """
     names = list(variants)
     samples: dict[str, list[Measure]] = {name: [] for name in names}
     for number in range(warmup + rounds):
         shift = number % len(names)
         for name in names[shift:] + names[:shift]:
+            if quiet_s:
+                gc.collect()
+                time.sleep(quiet_s)
             measure = variants[name]()
             if number >= warmup:
                 samples[name].append(measure)
@@ -221,6 +234,7 @@ def invocation_figures(invoker: Invoker, only: set[str]) -> list[Figure]:
             },
             sizes.rounds,
             sizes.warmup,
+            QUIET_S,
         )
         in_tracer_ms = 1000 * invoker.tracers["traced"].seconds / (sizes.rounds + sizes.warmup)
         if "overhead_ratio" in only:
@@ -291,6 +305,7 @@ def slow_nexus_figure(invoker: Invoker, sizes: Sizes) -> Figure:
         {"prompt": lambda: run(0.0), "slow": lambda: run(sizes.nexus_delay_s)},
         sizes.slow_rounds,
         sizes.warmup,
+        QUIET_S,
     )
     slow, prompt = median(walls(samples["slow"])), median(walls(samples["prompt"]))
     added = cost_ms(walls(samples["slow"]), walls(samples["prompt"]))

@@ -118,6 +118,9 @@ class Sizes:
             OpenInference call).
         warmup: rounds run first and not counted.
         step_latency_ms: the emulator's latency per step.
+        tracing_rounds: extra rounds of only the traced and the export-off flow, for the
+            paired difference `tracing_overhead_ratio` rests on (flow runs vary by ~20 ms
+            here, more than the difference).
         slow_rounds: rounds of the slow-Nexus comparison (each: one fast, one slow run).
         nexus_delay_s: how late the slow Nexus answers.
         burst_invocations: traced invocations in the export burst.
@@ -133,6 +136,7 @@ class Sizes:
     rounds: int
     warmup: int
     step_latency_ms: float
+    tracing_rounds: int
     slow_rounds: int
     nexus_delay_s: float
     burst_invocations: int
@@ -149,6 +153,7 @@ FULL = Sizes(
     rounds=20,
     warmup=2,
     step_latency_ms=200,
+    tracing_rounds=40,
     slow_rounds=10,
     nexus_delay_s=1.0,
     burst_invocations=200,
@@ -164,6 +169,7 @@ QUICK = Sizes(
     rounds=5,
     warmup=1,
     step_latency_ms=200,
+    tracing_rounds=3,
     slow_rounds=3,
     nexus_delay_s=1.0,
     burst_invocations=50,
@@ -179,6 +185,7 @@ TINY = Sizes(
     rounds=1,
     warmup=0,
     step_latency_ms=10,
+    tracing_rounds=1,
     slow_rounds=1,
     nexus_delay_s=0.2,
     burst_invocations=3,

@@ -236,7 +236,21 @@ def invocation_figures(invoker: Invoker, only: set[str]) -> list[Figure]:
             sizes.warmup,
             QUIET_S,
         )
-        in_tracer_ms = 1000 * invoker.tracers["traced"].seconds / (sizes.rounds + sizes.warmup)
+        if "tracing_overhead_ratio" in only:
+            pairs = interleaved(
+                {
+                    "traced": lambda: invoker.flow("traced"),
+                    "untraced": lambda: invoker.flow("untraced"),
+                },
+                sizes.tracing_rounds,
+                0,
+                QUIET_S,
+            )
+            for name, measures in pairs.items():
+                samples[name] += measures
+        traced_runs = sizes.rounds + sizes.warmup
+        traced_runs += sizes.tracing_rounds if "tracing_overhead_ratio" in only else 0
+        in_tracer_ms = 1000 * invoker.tracers["traced"].seconds / traced_runs
         if "overhead_ratio" in only:
             figures.append(overhead_figure(samples, sizes))
         if "tracing_overhead_ratio" in only:

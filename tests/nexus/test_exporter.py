@@ -398,15 +398,22 @@ def wait_for(check: Callable[[], bool], timeout: float) -> float:
     return time.monotonic() - started
 
 
+def with_trace_in_nexus(
+    fake: FakeNexus, exporter: NexusExporter, prefix: str
+) -> tuple[TraceRecord, list[SpanRecord]]:
+    """Start `exporter`, spool a trace and wait until Nexus has it: a new trace goes at once."""
+    exporter.start()
+    trace, spans = make_tree(prefix)
+    exporter.start_trace(trace)
+    assert wait_for(lambda: fake.trace_by_local_id(trace.local_id) is not None, 5) < 2
+    return trace, spans
+
+
 def test_spans_wait_for_the_delivery_delay_and_then_go_without_a_flush(
     fake: FakeNexus, make_exporter: MakeExporter, settings: NexusSettings
 ) -> None:
     exporter = make_exporter(settings=delayed(settings, 400))
-    exporter.start()
-    trace, spans = make_tree("delay/")
-    exporter.start_trace(trace)
-    wait_for(lambda: fake.trace_by_local_id(trace.local_id) is not None, 5)  # at once
-
+    trace, spans = with_trace_in_nexus(fake, exporter, "delay/")
     for span in spans:
         exporter.add_span(trace.local_id, span)
     exporter.end_trace(trace.local_id, "success", T0 + timedelta(seconds=90))
@@ -424,10 +431,7 @@ def test_a_new_trace_goes_at_once_and_its_spans_wait(
     fake: FakeNexus, make_exporter: MakeExporter, settings: NexusSettings
 ) -> None:
     exporter = make_exporter(settings=delayed(settings, 60_000))
-    exporter.start()
-    trace, spans = make_tree("trace-first/")
-    exporter.start_trace(trace)
-    assert wait_for(lambda: fake.trace_by_local_id(trace.local_id) is not None, 5) < 2
+    trace, spans = with_trace_in_nexus(fake, exporter, "trace-first/")
     exporter.add_span(trace.local_id, spans[0])
     time.sleep(0.3)
     assert fake.all_spans() == []
@@ -451,10 +455,7 @@ def test_a_full_batch_goes_without_waiting(
     fake: FakeNexus, make_exporter: MakeExporter, settings: NexusSettings
 ) -> None:
     exporter = make_exporter(settings=delayed(settings, 60_000))
-    exporter.start()
-    trace, _ = make_tree("batch/")
-    exporter.start_trace(trace)
-    wait_for(lambda: fake.trace_by_local_id(trace.local_id) is not None, 5)
+    trace, _ = with_trace_in_nexus(fake, exporter, "batch/")
     many = [
         SpanRecord(f"batch:{n}", T0 + timedelta(seconds=n), T0 + timedelta(seconds=n + 1))
         for n in range(40)  # more than half the 64 deliveries 4 workers may have out
@@ -467,10 +468,7 @@ def test_spans_do_not_wait_while_deliveries_are_in_flight(
     fake: FakeNexus, make_exporter: MakeExporter, settings: NexusSettings
 ) -> None:
     exporter = make_exporter(settings=delayed(settings, 60_000))
-    exporter.start()
-    first, _ = make_tree("first/")
-    exporter.start_trace(first)
-    wait_for(lambda: fake.trace_by_local_id(first.local_id) is not None, 5)
+    first, _ = with_trace_in_nexus(fake, exporter, "first/")
     fake.delay = 1.0
     second, _ = make_tree("second/")
     exporter.start_trace(second)  # in flight for a second

@@ -54,8 +54,19 @@ register_outbox(outbox_app)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point; a bad ``NEXUS_*`` variable is one line naming it, exit 2."""
+    from pydantic import ValidationError
+
+    from nexus_bedrock_tasks.settings import settings_problem
+
+    try:
+        app()
+    except ValidationError as exc:
+        problem = settings_problem(exc)
+        if problem is None:
+            raise
+        typer.echo(f"error: {problem}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import functools
 import os
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_NEXUS_BASE_URL = "https://nexus.keylightdigital.dev"
@@ -55,7 +55,8 @@ class NexusSettings(BaseSettings):
         description=(
             "After a quiet spell, spooled spans wait this long for company before they go "
             "(delivery then runs after the agent run's busy end, not during it); 0 sends "
-            "at once. A flush, a full batch or work already in flight do not wait."
+            "at once. New traces, flushes, full batches and work already in flight do not "
+            "wait."
         ),
     )
 
@@ -152,3 +153,24 @@ def nexus_settings() -> NexusSettings:
 @functools.lru_cache(maxsize=8)
 def _nexus_settings_for(_environment: tuple[tuple[str, str], ...]) -> NexusSettings:
     return NexusSettings()
+
+
+_ENV_PREFIXES = {"NexusSettings": "NEXUS_", "BedrockTasksSettings": "NEXUS_BEDROCK_"}
+
+
+def settings_problem(exc: ValidationError) -> str | None:
+    """What is wrong in the environment, naming each variable, when `exc` came from
+    reading `NexusSettings` or `BedrockTasksSettings`; None for any other model.
+
+    Example:
+        >>> settings_problem(exc)
+        "NEXUS_DELIVERY_DELAY_MS='-5': Input should be greater than or equal to 0 (...)"
+    """
+    prefix = _ENV_PREFIXES.get(exc.title)
+    if prefix is None:
+        return None
+    problems = []
+    for error in exc.errors():
+        name = prefix + "_".join(str(part) for part in error["loc"][:1]).upper()
+        problems.append(f"{name}={error.get('input')!r}: {error['msg']}")
+    return "; ".join(problems) + " (fix or unset the variable; see nexus_bedrock_tasks/settings.py)"

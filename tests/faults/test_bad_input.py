@@ -139,3 +139,50 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
         outcome_ok=result.exit_code == 2 and names_it and nothing,
         tools_expected=0,
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "variable", "value", "message"),
+    [
+        (["invoke", *AGENT, "hi"], "NEXUS_DELIVERY_DELAY_MS", "-5", "greater than or equal to 0"),
+        (["outbox", "flush"], "NEXUS_BEDROCK_FLUSH_TIMEOUT_S", "soon", "a valid number"),
+    ],
+    ids=["NEXUS_ variable, invoke", "NEXUS_BEDROCK_ variable, outbox flush"],
+)
+def test_bad_settings_variable_is_one_line_naming_it_exit_2(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    argv: list[str],
+    variable: str,
+    value: str,
+    message: str,
+) -> None:
+    from nexus_bedrock_tasks.cli import main
+
+    monkeypatch.setenv("NEXUS_BEDROCK_OUTBOX", str(tmp_path / "outbox.sqlite3"))
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "test")  # past the credentials check, never used
+    monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_AGENT_RUNTIME", "http://127.0.0.1:9")
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setattr("sys.argv", ["nexus-bedrock", *argv])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {variable}={value!r}: ")
+    assert message in lines[0] and "fix or unset the variable" in lines[0]
+
+
+def test_settings_problem_is_only_about_the_settings_models() -> None:
+    from pydantic import BaseModel, ValidationError
+
+    from nexus_bedrock_tasks.settings import settings_problem
+
+    class Other(BaseModel):
+        n: int
+
+    with pytest.raises(ValidationError) as caught:
+        Other(n="x")  # type: ignore[arg-type]
+    assert settings_problem(caught.value) is None

@@ -248,8 +248,8 @@ def invocation_figures(invoker: Invoker, only: set[str]) -> list[Figure]:
             )
             for name, measures in pairs.items():
                 samples[name] += measures
-        traced_runs = sizes.rounds + sizes.warmup
-        traced_runs += sizes.tracing_rounds if "tracing_overhead_ratio" in only else 0
+        # Every shared-clients traced run, warm-up ones included, went through this tracer.
+        traced_runs = sizes.warmup + len(samples["traced"])
         in_tracer_ms = 1000 * invoker.tracers["traced"].seconds / traced_runs
         if "overhead_ratio" in only:
             figures.append(overhead_figure(samples, sizes))

@@ -155,7 +155,10 @@ def _nexus_settings_for(_environment: tuple[tuple[str, str], ...]) -> NexusSetti
     return NexusSettings()
 
 
-_ENV_PREFIXES = {"NexusSettings": "NEXUS_", "BedrockTasksSettings": "NEXUS_BEDROCK_"}
+_ENV_PREFIXES = {
+    model.__name__: model.model_config.get("env_prefix", "")
+    for model in (NexusSettings, BedrockTasksSettings)
+}
 
 
 def settings_problem(exc: ValidationError) -> str | None:
@@ -171,6 +174,7 @@ def settings_problem(exc: ValidationError) -> str | None:
         return None
     problems = []
     for error in exc.errors():
-        name = prefix + "_".join(str(part) for part in error["loc"][:1]).upper()
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = prefix + field.upper()
         problems.append(f"{name}={error.get('input')!r}: {error['msg']}")
     return "; ".join(problems) + " (fix or unset the variable; see nexus_bedrock_tasks/settings.py)"

@@ -268,8 +268,8 @@ class Dispatcher:
         news = box.results or (box.incoming and box.incoming_due(now))
         return bool(
             (news and box.needs_dispatcher())
-            or self._box.stopping
-            or self._box.kick
+            or box.stopping
+            or box.kick
             or (can_send and now >= self._resume_at)
         )
 
